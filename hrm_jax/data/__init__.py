@@ -1,0 +1,1 @@
+"""hrm_jax.data"""
