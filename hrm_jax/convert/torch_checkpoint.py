@@ -1,0 +1,314 @@
+"""Convert between the original's PyTorch checkpoints and hrm_jax's parameter pytrees.
+
+In:  `step_N` files written by the original's pretrain.py (torch.save of a state_dict, keys prefixed
+     `_orig_mod.model.inner.`, `model.inner.` or `inner.`) and safetensors files. Torch files are loaded with
+     `weights_only=True`, so no pickled code ever runs.
+Out: a state_dict that the original's model loads with `strict=True` (keys `_orig_mod.model.inner.*` by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+from typing import Any, Mapping
+
+import ml_dtypes
+import numpy as np
+import yaml
+
+from hrm_jax.model.config import ModelConfig
+
+KNOWN_PREFIXES = ("_orig_mod.model.inner.", "model.inner.", "inner.")
+DEFAULT_PREFIX = KNOWN_PREFIXES[0]
+# Defaults of the original's config/arch/hrm_v1.yaml, used for what shapes cannot tell.
+ARCH_DEFAULTS = {"num_heads": 8, "expansion": 4.0, "H_cycles": 2, "L_cycles": 2, "halt_max_steps": 16,
+                 "halt_exploration_prob": 0.1, "rope_theta": 10000.0, "rms_norm_eps": 1e-5}
+_LAYER_KEY = re.compile(r"^(H|L)_level\.layers\.(\d+)\.(self_attn\.qkv_proj|self_attn\.o_proj|"
+                        r"mlp\.gate_up_proj|mlp\.down_proj)\.weight$")
+
+
+class CheckpointConversionError(ValueError):
+  """A checkpoint that does not match the expected HRM layout; the message lists every problem."""
+
+
+@dataclasses.dataclass
+class ConvertedCheckpoint:
+  params: dict[str, Any]
+  buffers: dict[str, np.ndarray]
+  puzzle_table: np.ndarray | None
+  model_config: ModelConfig
+  loss_type: str | None
+  prefix: str
+  notes: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------------------
+def _torch_to_numpy(tensor) -> np.ndarray:
+  import torch  # pylint: disable=g-import-not-at-top
+  tensor = tensor.detach().cpu().contiguous()
+  if tensor.dtype == torch.bfloat16:
+    return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return tensor.numpy()
+
+
+def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """Reads a torch `step_N`/`.pt` file (weights only) or a `.safetensors` file into numpy arrays."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"Checkpoint file {path} does not exist; pass the path of a `step_N` file "
+                            "written by the original's pretrain.py, or a .safetensors file.")
+  if path.suffix == ".safetensors":
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    try:
+      return dict(load_file(str(path)))
+    except Exception as e:  # safetensors raises its own error types
+      raise CheckpointConversionError(f"Could not read safetensors file {path}: {e}") from e
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("Reading the original's torch checkpoints needs PyTorch: "
+                      "pip install torch==2.13.0 (the CPU build is enough).") from e
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:
+    raise CheckpointConversionError(
+        f"Could not load {path} as a PyTorch checkpoint with weights_only=True ({type(e).__name__}: {e}). "
+        "The file may be truncated or not a state_dict; re-copy it, or convert it to .safetensors.") from e
+  if not isinstance(state, Mapping):
+    raise CheckpointConversionError(f"{path} holds a {type(state).__name__}, not a state_dict mapping.")
+  return {k: _torch_to_numpy(v) for k, v in state.items()}
+
+
+def strip_prefix(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+  for prefix in KNOWN_PREFIXES:
+    if any(k.startswith(prefix) for k in state):
+      if not all(k.startswith(prefix) for k in state):
+        others = sorted(k for k in state if not k.startswith(prefix))
+        raise CheckpointConversionError(
+            f"Mixed key prefixes: expected every key to start with {prefix!r}, but these do not: {others[:10]}")
+      return {k[len(prefix):]: v for k, v in state.items()}, prefix
+  if "embed_tokens.embedding_weight" in state:
+    return dict(state), ""
+  raise CheckpointConversionError(
+      f"No HRM keys found: expected keys starting with one of {KNOWN_PREFIXES} "
+      f"(e.g. '{DEFAULT_PREFIX}embed_tokens.embedding_weight'); got {sorted(state)[:8]}...")
+
+
+def load_all_config(path: str | pathlib.Path) -> dict[str, Any] | None:
+  """The original's all_config.yaml (beside a checkpoint file, or the file itself), or None."""
+  path = pathlib.Path(path)
+  candidate = path if path.suffix in (".yaml", ".yml") else path.parent / "all_config.yaml"
+  if not candidate.is_file():
+    return None
+  with open(candidate) as f:
+    return yaml.safe_load(f)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inferring the model config
+# ---------------------------------------------------------------------------------------------------------
+def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str, Any] | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+  """Model config from tensor shapes, plus all_config.yaml's `arch` block for what shapes cannot tell.
+
+  Shapes decide sizes; a disagreeing yaml value is an error. Returns (fields, notes). `seq_len` is only
+  known from shapes with learned positions; otherwise the caller supplies it from the dataset.
+  """
+  notes: list[str] = []
+  if "embed_tokens.embedding_weight" not in state:
+    raise CheckpointConversionError("Missing key 'embed_tokens.embedding_weight': not an HRM checkpoint.")
+  vocab_size, hidden = state["embed_tokens.embedding_weight"].shape
+  layer_ids = {"H": set(), "L": set()}
+  for key in state:
+    match = _LAYER_KEY.match(key)
+    if match:
+      layer_ids[match.group(1)].add(int(match.group(2)))
+  fields: dict[str, Any] = {
+      "vocab_size": int(vocab_size), "hidden_size": int(hidden),
+      "H_layers": len(layer_ids["H"]), "L_layers": len(layer_ids["L"]),
+      "pos_encodings": "learned" if "embed_pos.embedding_weight" in state else "rope",
+      "forward_dtype": "bfloat16" if state.get("H_init", np.zeros(1, np.float32)).dtype == ml_dtypes.bfloat16
+                       else "float32",
+  }
+  if "puzzle_emb.weights" in state:
+    num_ids, ndim = state["puzzle_emb.weights"].shape
+    fields.update(num_puzzle_identifiers=int(num_ids), puzzle_emb_ndim=int(ndim))
+  else:
+    fields.update(num_puzzle_identifiers=1, puzzle_emb_ndim=0)
+  if fields["pos_encodings"] == "learned":
+    prefix_len = -(fields["puzzle_emb_ndim"] // -hidden)
+    fields["seq_len"] = int(state["embed_pos.embedding_weight"].shape[0]) - prefix_len
+  mlp_key = "H_level.layers.0.mlp.gate_up_proj.weight"
+  mlp_width = state[mlp_key].shape[0] // 2 if mlp_key in state else None
+
+  arch = dict((all_config or {}).get("arch") or {})
+  disagreements = []
+  for key in ("hidden_size", "H_layers", "L_layers", "puzzle_emb_ndim", "pos_encodings", "forward_dtype"):
+    if key in arch and str(arch[key]) != str(fields[key]):
+      disagreements.append(f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}")
+  for key, default in ARCH_DEFAULTS.items():
+    if overrides and key in overrides:
+      fields[key] = overrides[key]
+    elif key in arch:
+      fields[key] = arch[key]
+    else:
+      fields[key] = default
+      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
+                   f"default {default!r} (override it if the run used another value)")
+  if mlp_width is not None:
+    implied = ModelConfig(vocab_size=1, seq_len=1, hidden_size=int(hidden), num_heads=1,
+                          expansion=float(fields["expansion"]), pos_encodings="learned").mlp_width
+    if implied != mlp_width:
+      disagreements.append(f"expansion={fields['expansion']} implies an MLP width of {implied}, but "
+                           f"gate_up_proj has width {mlp_width}")
+  if hidden % int(fields["num_heads"]):
+    disagreements.append(f"num_heads={fields['num_heads']} does not divide hidden_size={hidden}")
+  for key, value in (overrides or {}).items():
+    if key not in ARCH_DEFAULTS:
+      if key in fields and str(fields[key]) != str(value):
+        disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
+      fields.setdefault(key, value)
+  if disagreements:
+    raise CheckpointConversionError("The checkpoint disagrees with its config:\n  " + "\n  ".join(disagreements))
+  return fields, notes
+
+
+def loss_type_from_all_config(all_config: Mapping[str, Any] | None) -> str | None:
+  loss = ((all_config or {}).get("arch") or {}).get("loss") or {}
+  return loss.get("loss_type")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Key mapping
+# ---------------------------------------------------------------------------------------------------------
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Every original state_dict key (without prefix) and its shape for `cfg`."""
+  d, width = cfg.hidden_size, cfg.mlp_width
+  shapes = {"H_init": (d,), "L_init": (d,), "embed_tokens.embedding_weight": (cfg.vocab_size, d),
+            "lm_head.weight": (cfg.vocab_size, d), "q_head.weight": (2, d), "q_head.bias": (2,)}
+  if cfg.puzzle_emb_ndim > 0:
+    shapes["puzzle_emb.weights"] = (cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim)
+  if cfg.pos_encodings == "learned":
+    shapes["embed_pos.embedding_weight"] = (cfg.total_len, d)
+  for level, count in (("H", cfg.H_layers), ("L", cfg.L_layers)):
+    for i in range(count):
+      base = f"{level}_level.layers.{i}."
+      shapes[base + "self_attn.qkv_proj.weight"] = (3 * cfg.num_heads * cfg.head_dim, d)
+      shapes[base + "self_attn.o_proj.weight"] = (d, cfg.num_heads * cfg.head_dim)
+      shapes[base + "mlp.gate_up_proj.weight"] = (2 * width, d)
+      shapes[base + "mlp.down_proj.weight"] = (d, width)
+  return shapes
+
+
+def _param_path(key: str) -> tuple[tuple[str, ...], bool] | None:
+  """Flax param path of an original key and whether the weight is transposed; None for non-params."""
+  simple = {"embed_tokens.embedding_weight": (("embed_tokens", "embedding"), False),
+            "embed_pos.embedding_weight": (("embed_pos", "embedding"), False),
+            "lm_head.weight": (("lm_head", "kernel"), True),
+            "q_head.weight": (("q_head", "kernel"), True),
+            "q_head.bias": (("q_head", "bias"), False)}
+  if key in simple:
+    return simple[key]
+  match = _LAYER_KEY.match(key)
+  if match:
+    level, index, proj = match.groups()
+    sub, name = proj.split(".")
+    return (f"{level}_level", f"layers_{index}", sub, name, "kernel"), True
+  return None
+
+
+def validate_keys(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> None:
+  expected = expected_shapes(cfg)
+  missing = sorted(set(expected) - set(state))
+  unexpected = sorted(set(state) - set(expected))
+  misshaped = sorted(f"{k}: {tuple(state[k].shape)} (expected {expected[k]})" for k in expected
+                     if k in state and tuple(state[k].shape) != expected[k])
+  if missing or unexpected or misshaped:
+    lines = []
+    if missing:
+      lines.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+      lines.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if misshaped:
+      lines.append(f"mis-shaped keys ({len(misshaped)}): {misshaped}")
+    raise CheckpointConversionError(
+        "The checkpoint does not match the model config "
+        f"(hidden_size={cfg.hidden_size}, H_layers={cfg.H_layers}, L_layers={cfg.L_layers}, "
+        f"puzzle_emb_ndim={cfg.puzzle_emb_ndim}, pos_encodings={cfg.pos_encodings}):\n  " + "\n  ".join(lines))
+
+
+def from_state_dict(state: Mapping[str, np.ndarray], cfg: ModelConfig):
+  """(params, buffers, puzzle_table) from an un-prefixed original state_dict; validates every key."""
+  validate_keys(state, cfg)
+  params: dict[str, Any] = {}
+  for key, value in state.items():
+    mapped = _param_path(key)
+    if mapped is None:
+      continue
+    path, transpose = mapped
+    node = params
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    array = np.asarray(value, np.float32)
+    node[path[-1]] = np.ascontiguousarray(array.T) if transpose else array
+  buffers = {name: np.asarray(state[name]).astype(cfg.dtype) for name in ("H_init", "L_init")}
+  table = np.asarray(state["puzzle_emb.weights"], np.float32) if cfg.puzzle_emb_ndim > 0 else None
+  return params, buffers, table
+
+
+def to_state_dict(params, buffers, puzzle_table, cfg: ModelConfig,
+                  prefix: str = DEFAULT_PREFIX) -> dict[str, np.ndarray]:
+  """The original's state_dict (numpy arrays; bf16 buffers stay bf16) in the original's key order."""
+  out: dict[str, np.ndarray] = {}
+  for key in expected_shapes(cfg):
+    if key in ("H_init", "L_init"):
+      value = np.asarray(buffers[key])
+    elif key == "puzzle_emb.weights":
+      value = np.asarray(puzzle_table, np.float32)
+    else:
+      path, transpose = _param_path(key)
+      node = params
+      for part in path:
+        node = node[part]
+      value = np.asarray(node, np.float32)
+      value = np.ascontiguousarray(value.T) if transpose else value
+    out[prefix + key] = value
+  return out
+
+
+def to_torch_state_dict(params, buffers, puzzle_table, cfg: ModelConfig, prefix: str = DEFAULT_PREFIX):
+  """Like `to_state_dict`, as torch tensors (needs PyTorch)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  result = {}
+  for key, value in to_state_dict(params, buffers, puzzle_table, cfg, prefix).items():
+    if value.dtype == ml_dtypes.bfloat16:
+      result[key] = torch.from_numpy(value.view(np.int16).copy()).view(torch.bfloat16)
+    else:
+      result[key] = torch.from_numpy(np.array(value))
+  return result
+
+
+def load_original_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str, Any] | None = None,
+                             seq_len: int | None = None) -> ConvertedCheckpoint:
+  """Loads an original checkpoint file (+ its all_config.yaml when beside it) into hrm_jax pytrees."""
+  raw = load_state_dict(path)
+  state, prefix = strip_prefix(raw)
+  all_config = load_all_config(path)
+  fields, notes = infer_model_config(state, all_config, overrides)
+  if all_config is None:
+    notes.insert(0, f"no all_config.yaml beside {path}: config inferred from tensor shapes and defaults")
+  if "seq_len" not in fields:
+    if seq_len is None:
+      raise CheckpointConversionError(
+          "seq_len cannot be inferred from a RoPE checkpoint; pass seq_len (it comes from the dataset).")
+    fields["seq_len"] = seq_len
+  elif seq_len is not None and seq_len != fields["seq_len"]:
+    raise CheckpointConversionError(
+        f"seq_len={seq_len} requested, but the learned position table fits seq_len={fields['seq_len']}")
+  cfg = ModelConfig.from_dict(fields)
+  params, buffers, table = from_state_dict(state, cfg)
+  return ConvertedCheckpoint(params=params, buffers=buffers, puzzle_table=table, model_config=cfg,
+                             loss_type=loss_type_from_all_config(all_config), prefix=prefix, notes=notes)

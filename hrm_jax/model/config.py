@@ -1,0 +1,100 @@
+"""Model configuration of HRM-ACT-v1 (the original's `HierarchicalReasoningModel_ACTV1Config`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+POS_ENCODINGS = ("rope", "learned")
+FORWARD_DTYPES = ("float32", "bfloat16")
+LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static hyper-parameters of HRM-ACT-v1; data-dependent sizes come from the dataset."""
+
+  vocab_size: int
+  seq_len: int
+  num_puzzle_identifiers: int = 1
+  puzzle_emb_ndim: int = 0  # 0 disables the puzzle-embedding prefix.
+  hidden_size: int = 512
+  num_heads: int = 8
+  expansion: float = 4.0
+  H_cycles: int = 2
+  L_cycles: int = 2
+  H_layers: int = 4
+  L_layers: int = 4
+  pos_encodings: str = "rope"
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  halt_max_steps: int = 16
+  halt_exploration_prob: float = 0.1
+  forward_dtype: str = "bfloat16"
+  # Not in the original: how attention is computed ("xla" everywhere, "cudnn" on GPUs that have it,
+  # "auto" lets JAX pick).
+  attention_impl: str = "xla"
+
+  def __post_init__(self):
+    problems = []
+    if self.pos_encodings not in POS_ENCODINGS:
+      problems.append(f"pos_encodings={self.pos_encodings!r} (choose one of {POS_ENCODINGS})")
+    if self.forward_dtype not in FORWARD_DTYPES:
+      problems.append(f"forward_dtype={self.forward_dtype!r} (choose one of {FORWARD_DTYPES})")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      problems.append(f"attention_impl={self.attention_impl!r} (choose one of {ATTENTION_IMPLS})")
+    if self.hidden_size % self.num_heads:
+      problems.append(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+    elif (self.hidden_size // self.num_heads) % 2 and self.pos_encodings == "rope":
+      problems.append("RoPE needs an even head dimension (hidden_size // num_heads)")
+    for name in ("vocab_size", "seq_len", "hidden_size", "num_heads", "H_cycles", "L_cycles",
+                 "H_layers", "L_layers", "halt_max_steps", "num_puzzle_identifiers"):
+      if getattr(self, name) < 1:
+        problems.append(f"{name}={getattr(self, name)} must be >= 1")
+    if self.puzzle_emb_ndim < 0:
+      problems.append(f"puzzle_emb_ndim={self.puzzle_emb_ndim} must be >= 0")
+    if not 0.0 <= self.halt_exploration_prob <= 1.0:
+      problems.append(f"halt_exploration_prob={self.halt_exploration_prob} must be in [0, 1]")
+    if problems:
+      raise ValueError("Invalid model config: " + "; ".join(problems))
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def puzzle_emb_len(self) -> int:
+    """P: number of prefix slots holding the zero-padded puzzle embedding."""
+    return -(self.puzzle_emb_ndim // -self.hidden_size)
+
+  @property
+  def total_len(self) -> int:
+    """T = P + S positions seen by the transformer."""
+    return self.seq_len + self.puzzle_emb_len
+
+  @property
+  def mlp_width(self) -> int:
+    """SwiGLU width: 2/3·expansion·D rounded half-to-even, then up to a multiple of 256."""
+    return 256 * math.ceil(round(self.expansion * self.hidden_size * 2 / 3) / 256)
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.forward_dtype)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"Unknown model config keys {unknown}; valid keys are {sorted(known)}")
+    return cls(**dict(values))

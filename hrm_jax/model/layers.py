@@ -1,0 +1,191 @@
+"""Building blocks of HRM: casted dense/embedding layers, RMSNorm, RoPE, attention, SwiGLU, post-norm block.
+
+Parameters are float32 masters; every layer casts its weights to the dtype of its input at the point of use,
+as the original's `CastedLinear`/`CastedEmbedding` do. Kernels use the Flax `[in, out]` layout.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hrm_jax.model.config import ModelConfig
+
+# Standard deviation of a unit normal truncated to [-2, 2]; dividing by it makes the truncated draw have the
+# requested std, as the original's `trunc_normal_init_` does.
+_TRUNC_NORMAL_STD = 0.87962566103423978
+
+Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+
+
+def trunc_normal_init(std: float) -> Initializer:
+  """Normal truncated at ±2 std whose actual std equals `std` (zeros when std == 0)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    if std == 0:
+      return jnp.zeros(shape, dtype)
+    draw = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+    return (draw * (std / _TRUNC_NORMAL_STD)).astype(dtype)
+
+  return init
+
+
+def lecun_trunc_normal_init(key, shape, dtype=jnp.float32):
+  """Truncated LeCun normal for an `[in, out]` kernel: std = 1/sqrt(fan_in)."""
+  return trunc_normal_init(1.0 / np.sqrt(shape[0]))(key, shape, dtype)
+
+
+def _precision(dtype) -> jax.lax.Precision | None:
+  # float32 models must not silently run matmuls in TF32 on GPUs (PyTorch does not).
+  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+class CastedDense(nn.Module):
+  """y = x @ W (+ b), with W (and b) cast to x.dtype."""
+
+  features: int
+  use_bias: bool = False
+  kernel_init: Initializer = lecun_trunc_normal_init
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    y = jnp.dot(x, kernel.astype(x.dtype), precision=_precision(x.dtype))
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+      y = y + bias.astype(x.dtype)
+    return y
+
+
+class CastedEmbed(nn.Module):
+  """Embedding lookup with the float32 table cast to `dtype`."""
+
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype
+  init_std: float
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", trunc_normal_init(self.init_std), (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, ids.astype(jnp.int32), axis=0).astype(self.dtype)
+
+
+def rms_norm(x: jax.Array, eps: float) -> jax.Array:
+  """Parameter-free RMSNorm computed in float32, returned in the input dtype."""
+  x32 = x.astype(jnp.float32)
+  variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+  return (x32 * jax.lax.rsqrt(variance + eps)).astype(x.dtype)
+
+
+def rope_tables(head_dim: int, num_positions: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+  """cos/sin tables `[T, hd]` in float32 (split-halves convention; the puzzle prefix counts as positions)."""
+  inv_freq = (1.0 / (np.float32(base) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))))
+  inv_freq = inv_freq.astype(np.float32)
+  freqs_TxHalf = np.outer(np.arange(num_positions, dtype=np.float32), inv_freq).astype(np.float32)
+  emb_TxHd = np.concatenate([freqs_TxHalf, freqs_TxHalf], axis=-1)
+  return np.cos(emb_TxHd).astype(np.float32), np.sin(emb_TxHd).astype(np.float32)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, cos_TxH: jax.Array, sin_TxH: jax.Array) -> jax.Array:
+  """Rotate-half RoPE in float32, cast back to the input dtype."""
+  x32 = x_BxTxNxH.astype(jnp.float32)
+  half = x32.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  cos = cos_TxH[None, :, None, :]
+  sin = sin_TxH[None, :, None, :]
+  return (x32 * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+
+
+def attention_xla(q_BxTxNxH: jax.Array, k_BxSxNxH: jax.Array, v_BxSxNxH: jax.Array) -> jax.Array:
+  """Unmasked softmax attention with flash-attention's rounding: scores and the softmax sum in float32,
+  the unnormalised exponentials cast to the value dtype for the PV product, the division in float32.
+
+  In bfloat16 this reproduces the original (flash-attn on GPU, PyTorch's fused CPU kernel) more closely
+  than normalising before the cast, as `jax.nn.dot_product_attention` does.
+  """
+  scale = 1.0 / np.sqrt(q_BxTxNxH.shape[-1])
+  precision = _precision(q_BxTxNxH.dtype)
+  scores_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, precision=precision,
+                              preferred_element_type=jnp.float32) * scale
+  scores_BxNxTxS = scores_BxNxTxS - jax.lax.stop_gradient(jnp.max(scores_BxNxTxS, axis=-1, keepdims=True))
+  exp_BxNxTxS = jnp.exp(scores_BxNxTxS)
+  denom_BxNxT = jnp.sum(exp_BxNxTxS, axis=-1)
+  out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", exp_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH,
+                           precision=precision, preferred_element_type=jnp.float32)
+  out_BxTxNxH = out_BxTxNxH / jnp.transpose(denom_BxNxT, (0, 2, 1))[..., None]
+  return out_BxTxNxH.astype(v_BxSxNxH.dtype)
+
+
+class Attention(nn.Module):
+  """Non-causal multi-head self-attention with a fused [Q heads | K heads | V heads] projection."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, h_BxTxD: jax.Array) -> jax.Array:
+    cfg = self.config
+    batch, length, _ = h_BxTxD.shape
+    qkv = CastedDense(3 * cfg.num_heads * cfg.head_dim, name="qkv_proj")(h_BxTxD)
+    qkv_BxTx3NxH = qkv.reshape(batch, length, 3 * cfg.num_heads, cfg.head_dim)
+    q, k, v = jnp.split(qkv_BxTx3NxH, 3, axis=2)
+    if cfg.pos_encodings == "rope":
+      cos, sin = rope_tables(cfg.head_dim, length, cfg.rope_theta)
+      q = apply_rope(q, jnp.asarray(cos), jnp.asarray(sin))
+      k = apply_rope(k, jnp.asarray(cos), jnp.asarray(sin))
+    if cfg.attention_impl == "xla":
+      out_BxTxNxH = attention_xla(q, k, v)
+    else:
+      impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+      out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=False, implementation=impl)
+    out_BxTxD = out_BxTxNxH.reshape(batch, length, cfg.num_heads * cfg.head_dim)
+    return CastedDense(cfg.hidden_size, name="o_proj")(out_BxTxD)
+
+
+class SwiGLU(nn.Module):
+  """down(silu(gate) * up) with gate = first half and up = second half of one fused projection."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = self.config.mlp_width
+    gate, up = jnp.split(CastedDense(2 * width, name="gate_up_proj")(x), 2, axis=-1)
+    # SiLU in float32 with one rounding, as PyTorch computes it for bfloat16 inputs.
+    activated = jax.nn.silu(gate.astype(jnp.float32)).astype(gate.dtype)
+    return CastedDense(self.config.hidden_size, name="down_proj")(activated * up)
+
+
+class Block(nn.Module):
+  """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:
+    eps = self.config.rms_norm_eps
+    h = rms_norm(h + Attention(self.config, name="self_attn")(h), eps)
+    return rms_norm(h + SwiGLU(self.config, name="mlp")(h), eps)
+
+
+class ReasoningModule(nn.Module):
+  """One recurrent level (H or L): add the injection, then run its blocks."""
+
+  config: ModelConfig
+  num_layers: int
+
+  def setup(self):
+    self.layers = [Block(self.config) for _ in range(self.num_layers)]
+
+  def __call__(self, h: jax.Array, injection: jax.Array) -> jax.Array:
+    h = h + injection
+    for layer in self.layers:
+      h = layer(h)
+    return h
