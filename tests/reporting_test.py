@@ -3,8 +3,6 @@
 import io
 import json
 import math
-import os
-import pathlib
 import random
 import re
 import sys
