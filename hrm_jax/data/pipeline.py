@@ -12,17 +12,20 @@ from `SeedSequence(seed, spawn_key=(0, e))`, and the example order inside the ba
 (seed, its start cursor), so it does not depend on the number of prefetch workers or processes, and the
 iterator state is just the cursor of the next batch.
 
-Pipeline (all grain pieces): `_BatchPlanDataset` (an `IterDataset` source yielding the index plan of each
-global batch, sliceable by `mp_prefetch`) -> `.map(_GatherTrainBatch)` (reads this process's rows from the
-memory-mapped arrays and collates) -> optional `.mp_prefetch(...)`. `TrainBatches` wraps it so that
-`get_state()` is the portable cursor `{"epoch", "offset", "batches", ...}`, restorable with any
-`worker_count`.
+Several sets in one split are pooled into one set of groups for training (the original walks them one
+after the other); evaluation keeps them apart, set by set.
+
+Pipeline, all grain pieces: `_BatchPlanDataset` (an `IterDataset` source yielding each global batch's
+example indices; `mp_prefetch` slices it so worker i handles batches i, i + n, ...) ->
+`.map(_GatherTrainBatch)` (reads this process's rows from the memory-mapped arrays, kept uint8 so that
+little crosses process boundaries) -> optional `.mp_prefetch(...)` -> `.map(_CollateTrainBatch)` (int32,
+ignore label -> -100). `TrainBatches` wraps it so that `get_state()` is the portable cursor
+`{"epoch", "offset", "batches", ...}`, restorable with any `worker_count`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pathlib
 from typing import Any, Iterator
@@ -125,7 +128,7 @@ class _TrainPlanner:
       start_V = self._index.group_starts[groups_V]
       puzzle_V = rng.integers(start_V, start_V + self._index.group_sizes[groups_V])
       size_V = self._index.puzzle_sizes[puzzle_V]
-      if len(self._cache) >= 2:  # A batch spans at most the current and following epochs' tail.
+      if len(self._cache) >= 2:  # Cursors only move forward; a batch straddling two epochs needs both.
         self._cache.pop(min(self._cache))
       self._cache[epoch] = (puzzle_V, size_V, np.cumsum(size_V))
     return self._cache[epoch]
@@ -149,7 +152,7 @@ class _TrainPlanner:
       stop = min(last + 1, puzzle_V.size)
       puzzles.append(puzzle_V[offset:stop])
       sizes.append(size_V[offset:stop])
-      need -= int(cumsize_V[stop - 1]) - base if stop > offset else 0
+      need -= int(cumsize_V[stop - 1]) - base
       epoch, offset = (epoch + 1, 0) if stop >= puzzle_V.size else (epoch, stop)
     puzzle_P = np.concatenate(puzzles)
     size_P = np.concatenate(sizes)
@@ -195,15 +198,16 @@ class _BatchPlanDataset(grain.IterDataset):
 
 
 class _BatchPlanIterator(grain.DatasetIterator):
+  """Walks the plan stream from a cursor; state = cursor plus the number of plans walked."""
 
-  def __init__(self, planner, start, local_slice, worker_slice):
+  def __init__(self, planner: _TrainPlanner, start: tuple[int, int], local_slice: slice,
+               worker_slice: slice):
     super().__init__()
     self._planner = planner
     self._local_slice = local_slice
     self._first = worker_slice.start or 0
     self._stride = worker_slice.step or 1
-    self._initial = {"epoch": int(start[0]), "offset": int(start[1]), "index": 0}
-    self.set_state(self._initial)
+    self.set_state({"epoch": int(start[0]), "offset": int(start[1]), "index": 0})
 
   def __next__(self):
     # Skip the plans of other workers, then emit ours.
@@ -254,11 +258,13 @@ class _Rows:
     return self._arrays
 
   def gather(self, example_R: np.ndarray, puzzle_R: np.ndarray) -> dict[str, np.ndarray]:
-    """Collated rows: int32 inputs/labels (ignore label -> -100) and puzzle identifiers."""
+    """Raw rows in their stored dtype (uint8 for the original's builders) and puzzle identifiers."""
     arrays = self._open()
     rows, seq_len = example_R.shape[0], self._metadata.seq_len
-    inputs_RxS = np.empty((rows, seq_len), np.int32)
-    labels_RxS = np.empty((rows, seq_len), np.int32)
+    token_dtype = np.result_type(*[arrays[name][field].dtype for name in self._index.set_names
+                                   for field in ("inputs", "labels")])
+    inputs_RxS = np.empty((rows, seq_len), token_dtype)
+    labels_RxS = np.empty((rows, seq_len), token_dtype)
     identifiers_R = np.empty((rows,), np.int32)
     offsets = self._index.example_offsets
     set_R = np.searchsorted(offsets, example_R, side="right") - 1
@@ -271,12 +277,19 @@ class _Rows:
       labels_RxS[mask_R] = arrays[name]["labels"][local_R]
       identifiers_R[mask_R] = arrays[name]["puzzle_identifiers"][
           puzzle_R[mask_R] - self._index.puzzle_offsets[s]]
-    if self._metadata.ignore_label_id is not None:
-      labels_RxS[labels_RxS == self._metadata.ignore_label_id] = IGNORE_LABEL
     return {"inputs": inputs_RxS, "labels": labels_RxS, "puzzle_identifiers": identifiers_R}
+
+  def collate(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """int32 everything, labels equal to ignore_label_id -> -100 (the original's `_collate_batch`)."""
+    labels_RxS = raw["labels"].astype(np.int32)
+    if self._metadata.ignore_label_id is not None:
+      labels_RxS[raw["labels"] == self._metadata.ignore_label_id] = IGNORE_LABEL
+    return {"inputs": raw["inputs"].astype(np.int32), "labels": labels_RxS,
+            "puzzle_identifiers": raw["puzzle_identifiers"].astype(np.int32, copy=False)}
 
 
 class _GatherTrainBatch(grain.transforms.Map):
+  """Plan -> raw rows; runs in the prefetch workers, whose output stays compact (uint8) for IPC."""
 
   def __init__(self, rows: _Rows):
     self._rows = rows
@@ -284,6 +297,17 @@ class _GatherTrainBatch(grain.transforms.Map):
   def map(self, plan):
     example_L, puzzle_L, cursor = plan
     return self._rows.gather(example_L, puzzle_L), cursor
+
+
+class _CollateTrainBatch(grain.transforms.Map):
+  """Raw rows -> model batch; runs in the consuming process (and returns plain, owned arrays)."""
+
+  def __init__(self, rows: _Rows):
+    self._rows = rows
+
+  def map(self, element):
+    raw, cursor = element
+    return self._rows.collate(raw), cursor
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,7 +339,7 @@ class TrainBatches(grain.IterDataset):
       _ensure_absl_flags_parsed()
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self._worker_count, per_worker_buffer_size=self._worker_buffer_size))
-    return ds
+    return ds.map(_CollateTrainBatch(self._rows))
 
   def __iter__(self) -> TrainIterator:
     return TrainIterator(self)
@@ -340,9 +364,6 @@ class TrainIterator(grain.DatasetIterator):
       self._inner = iter(self._dataset._pipeline(self._epoch, self._offset))
     batch, (self._epoch, self._offset) = next(self._inner)
     self._batches += 1
-    if self._dataset._worker_count > 0:
-      # Own copies: grain hands out shared-memory views that are unlinked only when garbage-collected.
-      batch = {key: np.array(value) for key, value in batch.items()}
     return batch
 
   def get_state(self) -> dict[str, Any]:
@@ -443,17 +464,18 @@ class _GatherEvalBatch(grain.transforms.Map):
     example_L = example_G[self._local_slice]
     valid_L = example_L >= 0
     metadata = self._rows._metadata
-    rows = example_L.shape[0]
+    num_rows = example_L.shape[0]
     batch = {
-        "inputs": np.full((rows, metadata.seq_len), metadata.pad_id, np.int32),
-        "labels": np.full((rows, metadata.seq_len), IGNORE_LABEL, np.int32),
-        "puzzle_identifiers": np.full((rows,), metadata.blank_identifier_id, np.int32),
+        "inputs": np.full((num_rows, metadata.seq_len), metadata.pad_id, np.int32),
+        "labels": np.full((num_rows, metadata.seq_len), IGNORE_LABEL, np.int32),
+        "puzzle_identifiers": np.full((num_rows,), metadata.blank_identifier_id, np.int32),
         "valid": valid_L,
     }
     if valid_L.any():
       example_V = example_L[valid_L]
       puzzle_V = np.searchsorted(self._puzzle_starts, example_V, side="right") - 1
-      for key, value in self._rows.gather(example_V, puzzle_V).items():
+      rows = self._rows.collate(self._rows.gather(example_V, puzzle_V))
+      for key, value in rows.items():
         batch[key][valid_L] = value
     return batch
 
