@@ -259,11 +259,16 @@ def from_state_dict(state: Mapping[str, np.ndarray], cfg: ModelConfig):
   return params, buffers, table
 
 
-def to_state_dict(params, buffers, puzzle_table, cfg: ModelConfig,
-                  prefix: str = DEFAULT_PREFIX) -> dict[str, np.ndarray]:
-  """The original's state_dict (numpy arrays; bf16 buffers stay bf16) in the original's key order."""
+def to_state_dict(params, buffers, puzzle_table, cfg: ModelConfig, prefix: str = DEFAULT_PREFIX,
+                  params_only: bool = False) -> dict[str, np.ndarray]:
+  """The original's state_dict (numpy arrays; bf16 buffers stay bf16) in the original's key order.
+
+  params_only=True gives just the dense parameters (any pytree shaped like `params`, e.g. gradients).
+  """
   out: dict[str, np.ndarray] = {}
   for key in expected_shapes(cfg):
+    if params_only and _param_path(key) is None:
+      continue
     if key in ("H_init", "L_init"):
       value = np.asarray(buffers[key])
     elif key == "puzzle_emb.weights":
