@@ -336,7 +336,8 @@ def sparse_signsgd_update(
 
   Gradients of duplicate ids are summed, then each touched row gets
   w ← w·(1 − lr·wd) − lr·sign(G); other rows are left bit-identical (no decay). The work and
-  temporaries are O(B·E): with the table donated under jit the scatter is in place. For data
+  temporaries are O(B·E): with the table donated under jit the scatters are in place, provided every
+  other read of the table (`gather_rows`) feeds the row gradients, so XLA orders it first. For data
   parallelism pass the GLOBAL batch's ids and row gradients (under `shard_map`, see
   `all_gather_sparse_grads`; under plain jit with globally sharded arrays, pass them as they are).
   Ids outside [0, N) are ignored.
