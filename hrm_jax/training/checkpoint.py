@@ -1,0 +1,713 @@
+"""Full-state checkpoints: asynchronous Orbax saves, retention and verified resume.
+
+One checkpoint step holds four Orbax items:
+
+  state       the train-state pytree (params, optimiser states, puzzle table, ACT
+              carry, step, PRNG key); arrays in OCDBT/zarr via `StandardSave`.
+  data_state  the Grain iterator state (a JSON-able dict or bytes), JSON.
+  config      the resolved run config, JSON.
+  metadata    run_id and other caller fields, plus what this module adds: config
+              hash, metrics, best metric and its step, library versions, wall
+              time, the state's leaf specs and a per-leaf fingerprint.
+
+Orbax writes a step into `<dir>/<step>.orbax-checkpoint-tmp-*` and renames it to
+`<dir>/<step>` only after every item (and `commit_success.txt`) is on disk, so a
+process killed mid-save leaves a temporary directory that is never listed as a
+step. Restore checks the leaf specs against the abstract state, reads every
+array and compares the fingerprint; a step that fails is reported, moved to
+`<dir>/corrupt/` and the previous step is used instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import fnmatch
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import platform
+import re
+import time
+import warnings
+from typing import Any, Iterable, Mapping, Sequence
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+_log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ITEM_NAMES = ("state", "data_state", "config", "metadata")
+# Written by Orbax into a step directory as the last file before it is committed.
+_COMMIT_FILE = "commit_success.txt"
+_CORRUPT_SUBDIR = "corrupt"
+# File name Orbax's JsonSave uses inside each JSON item directory.
+_JSON_FILE = "metadata"
+
+# Config keys that may differ between the saved run and the resuming command
+# without changing the training trajectory. A safe key matches itself and every
+# key below it ("eval" covers "eval.batch_size") and may use fnmatch wildcards
+# ("*.log_every" matches that leaf at any depth). Deliberately NOT safe: data
+# paths, seeds, batch sizes, model/optimiser fields, and the run length (`epochs`,
+# `num_steps`, `total_steps`): the HRM learning-rate schedule is a function of the
+# total step count, so changing it changes every later update.
+DEFAULT_SAFE_KEYS: tuple[str, ...] = (
+    "eval", "eval_interval", "eval_every", "eval_every_steps", "eval_save_outputs",
+    "log", "logging", "log_every", "log_every_steps", "wandb", "tensorboard",
+    "project_name", "run_name", "checkpoint", "checkpoint_path",
+    "checkpoint_every", "checkpoint_every_eval", "checkpoint_every_steps",
+    "save_every", "save_every_steps", "max_to_keep", "workdir", "profile",
+    "debug",
+)
+
+_VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+                       "grain", "numpy")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be saved or restored; the message names the fix."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """A save failed; earlier checkpoints are untouched."""
+
+
+class CheckpointCorruptError(CheckpointError):
+  """No requested step could be read back intact."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """The abstract state does not match the saved state (shapes, dtypes, leaves)."""
+
+
+class ResumeConfigError(ValueError):
+  """The resuming config differs from the checkpoint's in keys that are not safe."""
+
+  def __init__(self, message: str, keys: Sequence[str]):
+    super().__init__(message)
+    self.keys = list(keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """What `Checkpointer.restore` returns."""
+  step: int
+  state: Any
+  data_state: Any  # dict (or bytes), exactly as passed to `save`.
+  config: dict
+  metadata: dict
+
+
+# ----------------------------------------------------------------------------
+# JSON helpers, config hash and resume compatibility.
+# ----------------------------------------------------------------------------
+
+
+def _json_default(obj: Any) -> Any:
+  if isinstance(obj, (np.generic, jax.Array)) and np.ndim(obj) == 0:
+    return np.asarray(obj).item()
+  if isinstance(obj, (np.ndarray, jax.Array)):
+    return np.asarray(obj).tolist()
+  if hasattr(obj, "to_dict"):  # ml_collections.ConfigDict and friends.
+    return obj.to_dict()
+  if isinstance(obj, (set, frozenset)):
+    return sorted(obj)
+  raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _to_json(obj: Any, what: str) -> Any:
+  """Returns `obj` as it will read back from JSON (tuples become lists, ...)."""
+  if hasattr(obj, "to_dict"):
+    obj = obj.to_dict()
+  try:
+    return json.loads(json.dumps(obj, default=_json_default))
+  except (TypeError, ValueError) as e:
+    raise TypeError(
+        f"checkpoint {what} must be JSON-serialisable (dicts, lists, str, numbers,"
+        f" numpy scalars): {e}. Convert it to plain Python types before saving."
+    ) from e
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+  """Returns a 16-hex-digit SHA-256 of the config's canonical JSON form."""
+  canonical = json.dumps(_to_json(config, "config"), sort_keys=True,
+                         separators=(",", ":"))
+  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, Mapping) and tree:
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+  return {prefix[:-1]: tree}
+
+
+def _is_safe(key: str, safe_keys: Iterable[str]) -> bool:
+  for safe in safe_keys:
+    if key == safe or key.startswith(safe + "."):
+      return True
+    if fnmatch.fnmatchcase(key, safe) or fnmatch.fnmatchcase(key, safe + ".*"):
+      return True
+  return False
+
+
+def check_resume_compatible(saved_config: Mapping[str, Any],
+                            new_config: Mapping[str, Any],
+                            safe_keys: Iterable[str] = DEFAULT_SAFE_KEYS) -> None:
+  """Raises ResumeConfigError naming every differing key that is not safe.
+
+  Nested keys are compared leaf by leaf under dotted names ("model.hidden_size");
+  both configs are compared in their JSON form, so a tuple equals a list.
+  """
+  safe_keys = tuple(safe_keys)
+  old = _flatten(_to_json(saved_config, "saved config"))
+  new = _flatten(_to_json(new_config, "new config"))
+  missing = object()
+  unsafe = []
+  for key in sorted(set(old) | set(new)):
+    before, after = old.get(key, missing), new.get(key, missing)
+    if before == after or _is_safe(key, safe_keys):
+      continue
+    describe = lambda v: "<absent>" if v is missing else json.dumps(v)
+    unsafe.append((key, describe(before), describe(after)))
+  if unsafe:
+    lines = "\n".join(f"  {k}: checkpoint {b} -> now {a}" for k, b, a in unsafe)
+    raise ResumeConfigError(
+        f"cannot resume: the config differs from the checkpoint's in"
+        f" {len(unsafe)} key(s) that change the training run:\n{lines}\n"
+        "Fix: rerun with the checkpoint's values for these keys, or start a new"
+        " run in a fresh checkpoint directory. Keys allowed to change on resume:"
+        f" {', '.join(safe_keys)}.", [k for k, _, _ in unsafe])
+
+
+# ----------------------------------------------------------------------------
+# Leaf specs and fingerprints of a state pytree.
+# ----------------------------------------------------------------------------
+
+
+def _leaf_specs(tree: Any) -> list[list[Any]]:
+  """[[path, shape, dtype], ...] of every array leaf, in pytree order."""
+  abstract = jax.eval_shape(lambda t: t, tree)
+  flat, _ = jax.tree_util.tree_flatten_with_path(abstract)
+  return [[jax.tree_util.keystr(path), list(leaf.shape), str(leaf.dtype)]
+          for path, leaf in flat]
+
+
+def _words_u32(x: jax.Array) -> jax.Array:
+  """Flat uint32 view of `x`'s bits (narrower types are zero-extended)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = np.dtype(x.dtype).itemsize
+  if size == 4:
+    words = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  elif size == 8:  # Bitcasting to a narrower type appends a dimension of 2.
+    words = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  elif size == 2:
+    words = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+  elif size == 1:
+    words = jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
+  else:
+    raise TypeError(f"cannot fingerprint dtype {x.dtype}")
+  return words.reshape(-1)
+
+
+@jax.jit
+def _fingerprint_leaves(leaves: list[jax.Array]) -> jax.Array:
+  # Sum of word_i * (2i + 1) mod 2**32: odd weights make every single-word change
+  # (any flipped bit) change the sum, and integer sums do not depend on sharding.
+  sums = []
+  for leaf in leaves:
+    words = _words_u32(jnp.asarray(leaf))
+    weights = jax.lax.iota(jnp.uint32, words.size) * jnp.uint32(2) + jnp.uint32(1)
+    sums.append(jnp.sum(words * weights, dtype=jnp.uint32))
+  return jnp.stack(sums) if sums else jnp.zeros((0,), jnp.uint32)
+
+
+def _fingerprint(tree: Any) -> list[int]:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return [int(v) for v in np.asarray(jax.device_get(_fingerprint_leaves(leaves)))]
+
+
+# ----------------------------------------------------------------------------
+# Small helpers.
+# ----------------------------------------------------------------------------
+
+
+def _library_versions() -> dict[str, str]:
+  versions = {"python": platform.python_version()}
+  for name in _VERSIONED_PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return versions
+
+
+def _summarize_error(error: BaseException, limit: int = 400) -> str:
+  """One line naming the root cause (TensorStore errors embed kilobytes of spec)."""
+  chain, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  root = chain[-1]
+  text = f"{type(root).__name__}: {str(root).strip().splitlines()[0] if str(root).strip() else ''}"
+  text = re.sub(r"\s+", " ", text)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _encode_data_state(data_state: Any) -> dict:
+  if isinstance(data_state, (bytes, bytearray)):
+    return {"encoding": "base64",
+            "value": base64.b64encode(bytes(data_state)).decode("ascii")}
+  return {"encoding": "json", "value": _to_json(data_state, "data_state")}
+
+
+def _decode_data_state(stored: Mapping[str, Any]) -> Any:
+  if stored.get("encoding") == "base64":
+    return base64.b64decode(stored["value"])
+  if stored.get("encoding") == "json":
+    return stored["value"]
+  raise ValueError(f"unknown data_state encoding {stored.get('encoding')!r}")
+
+
+def _metric_value(metrics: Mapping[str, Any] | None, name: str | None) -> float | None:
+  if not metrics or name is None or name not in metrics:
+    return None
+  try:
+    value = float(np.asarray(metrics[name]))
+  except (TypeError, ValueError):
+    return None
+  return value if math.isfinite(value) else None
+
+
+def _with_default_sharding(abstract_state: Any) -> Any:
+  """ShapeDtypeStruct tree; leaves without a sharding go to the first local device."""
+  device = jax.local_devices()[0]
+
+  def to_struct(leaf):
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+      leaf = jax.eval_shape(lambda x: x, leaf)  # Python scalars.
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+      sharding = jax.sharding.SingleDeviceSharding(device)
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+  return jax.tree_util.tree_map(to_struct, abstract_state)
+
+
+def _is_primary() -> bool:
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------
+# Checkpointer.
+# ----------------------------------------------------------------------------
+
+
+class Checkpointer:
+  """Saves and restores full train states with Orbax; see the module docstring.
+
+  Retention keeps the newest `max_to_keep` finished steps plus, when
+  `best_metric` is set, the step with the best value of `metrics[best_metric]`
+  (`best_mode` "max" or "min") even when it is older. Not thread-safe; one
+  instance per run directory (an evaluator reading the same directory must not
+  create one: it would clean up the trainer's in-flight temporary directories).
+  """
+
+  def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int = 3,
+               best_metric: str | None = None, best_mode: str = "max",
+               async_save: bool = True, verify: bool = True):
+    if max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+    self._directory = epath.Path(directory).expanduser()
+    if self._directory.exists() and not self._directory.is_dir():
+      raise CheckpointError(
+          f"checkpoint directory {self._directory} exists but is not a directory;"
+          " pass a directory path (it is created if missing).")
+    self._best_metric = best_metric
+    self._best_mode = best_mode
+    self._verify = verify
+    self._pending_step: int | None = None
+    self._bad_steps: dict[int, str] = {}
+    self._closed = False
+
+    policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
+    best_fn = None
+    if best_metric is not None:
+      worst = -math.inf if best_mode == "max" else math.inf
+      # A step whose metrics lack the key (an older run tracked another metric)
+      # ranks last instead of breaking retention.
+      best_fn = lambda metrics: float(metrics.get(best_metric, worst))
+      # Steps saved without the metric are left to LatestN.
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=best_fn, reverse=(best_mode == "min"), n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        best_fn=best_fn,  # Makes Orbax store `metrics` per step for BestN.
+        best_mode=best_mode,
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        # Temporary directories left by a killed save are removed on start-up.
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    try:
+      self._manager = ocp.CheckpointManager(self._directory, options=options)
+    except OSError as e:
+      raise CheckpointError(
+          f"cannot open checkpoint directory {self._directory}: {e}. Fix: check"
+          " that the path is writable (or choose another checkpoint directory)."
+      ) from e
+    self._best = self._load_best()
+
+  # -- queries ---------------------------------------------------------------
+
+  @property
+  def directory(self) -> epath.Path:
+    return self._directory
+
+  def steps(self) -> list[int]:
+    """Committed steps on disk (ascending), excluding ones found corrupt."""
+    if not self._directory.exists():
+      return []
+    found = []
+    for path in self._directory.iterdir():
+      if path.name.isdigit() and path.is_dir() and (path / _COMMIT_FILE).exists():
+        found.append(int(path.name))
+    return sorted(s for s in found if s not in self._bad_steps)
+
+  def latest_good_step(self) -> int | None:
+    """Newest committed step whose items are present and whose metadata parses.
+
+    A step killed mid-save is never committed and so never returned. Array
+    contents are only checked by `restore` (reading them is as costly as
+    restoring); `restore` falls back past a step whose arrays are damaged.
+    """
+    for step in reversed(self.steps()):
+      problem = self._quick_check(step)
+      if problem is None:
+        return step
+      _log.warning("checkpoint step %d in %s is unusable (%s); skipping it.",
+                   step, self._directory, problem)
+    return None
+
+  def best_step(self) -> int | None:
+    """Step with the best `best_metric` among kept steps (None if untracked)."""
+    return self._best[1] if self._best else None
+
+  # -- save ------------------------------------------------------------------
+
+  def save(self, step: int, state: Any, *, data_state: Any,
+           config: Mapping[str, Any], metadata: Mapping[str, Any],
+           metrics: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+    """Starts an asynchronous save of `step`; returns False if it is already saved.
+
+    The arrays are copied to host memory before this returns, so the caller may
+    donate or overwrite `state` right away. Errors of an earlier in-flight save
+    surface here (or in `wait`) as CheckpointSaveError. `force=True` allows
+    saving a step older than the newest one on disk.
+    """
+    self._check_open()
+    step = int(step)
+    self.wait()
+    on_disk = self.steps()
+    if step in on_disk:
+      _log.info("checkpoint step %d already exists in %s; not saving it again.",
+                step, self._directory)
+      return False
+    if (self._directory / str(step)).exists():
+      raise CheckpointError(
+          f"{self._directory / str(step)} exists but is not a good checkpoint"
+          f" ({self._bad_steps.get(step, 'not committed')}). Fix: delete that"
+          " directory, then rerun.")
+    if on_disk and step < on_disk[-1] and not force:
+      raise CheckpointError(
+          f"cannot save step {step}: {self._directory} already holds newer step"
+          f" {on_disk[-1]} from an earlier run. Fix: resume from it (restore"
+          " before training), or use a fresh checkpoint directory.")
+
+    config_json = _to_json(config, "config")
+    metrics_json = _to_json(dict(metrics), "metrics") if metrics else None
+    value = _metric_value(metrics_json, self._best_metric)
+    if self._best_metric is not None and metrics_json is not None and value is None:
+      _log.warning("metrics for step %d have no finite %r; this step is kept"
+                   " only while it is among the newest.", step, self._best_metric)
+    best = self._best
+    if value is not None and (best is None or self._better(value, best[0])):
+      best = (value, step)
+
+    meta = dict(_to_json(dict(metadata), "metadata"))
+    meta.update({
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "config_hash": config_hash(config_json),
+        "metrics": metrics_json,
+        "best": None if best is None else {
+            "metric": self._best_metric, "mode": self._best_mode,
+            "value": best[0], "step": best[1]},
+        "versions": _library_versions(),
+        "wall_time": time.time(),
+        "wall_time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "process_count": jax.process_count(),
+        "leaves": _leaf_specs(state),
+        "fingerprint": _fingerprint(state) if self._verify else None,
+    })
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_state=ocp.args.JsonSave(_encode_data_state(data_state)),
+        config=ocp.args.JsonSave(config_json),
+        metadata=ocp.args.JsonSave(meta),
+    )
+    orbax_metrics = {self._best_metric: value} if value is not None else None
+    try:
+      self._manager.save(step, args=args, metrics=orbax_metrics, force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    self._pending_step = step
+    self._best = best
+    return True
+
+  def wait(self) -> None:
+    """Blocks until in-flight saves are committed; raises CheckpointSaveError."""
+    step, self._pending_step = self._pending_step, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+
+  def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+    # Orbax dropped the failed step (and the steps it meant to delete) from its
+    # in-memory list; nothing was deleted on disk, so re-read the directory.
+    try:
+      self._manager.reload()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    self._best = self._load_best()
+    latest = self.latest_good_step()
+    which = f"step {step}" if step is not None else "a step"
+    kept = (f"the latest good step is {latest}" if latest is not None
+            else "there is no earlier checkpoint")
+    return CheckpointSaveError(
+        f"saving checkpoint {which} to {self._directory} failed:"
+        f" {_summarize_error(error)}. Earlier checkpoints are intact ({kept};"
+        f" steps on disk: {self.steps()}). Fix: free disk space or fix write"
+        " permission on the directory, then rerun the same command to resume;"
+        " the partial write is removed on the next start.")
+
+  # -- restore ---------------------------------------------------------------
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> Restored:
+    """Restores `step` (default: newest good step) into `abstract_state`'s layout.
+
+    `abstract_state` is a pytree of arrays or ShapeDtypeStructs (e.g. from
+    `jax.eval_shape`); leaves without a sharding are placed on the first local
+    device. Restored arrays match its dtypes, shapes and shardings bit for bit.
+    With `step=None` a corrupt newest step is reported, moved to `<dir>/corrupt/`
+    and the previous step restored.
+    """
+    self._check_open()
+    self.wait()
+    target = _with_default_sharding(abstract_state)
+    expected_specs = _leaf_specs(target)
+    if step is not None:
+      if int(step) not in self.steps():
+        raise CheckpointError(
+            f"checkpoint step {step} not found in {self._directory} (finished"
+            f" steps: {self.steps()}). Fix: pass one of those steps or step=None.")
+      candidates = [int(step)]
+    else:
+      candidates = list(reversed(self.steps()))
+      if not candidates:
+        raise CheckpointError(
+            f"no finished checkpoint in {self._directory}. Fix: start from"
+            " scratch (check `latest_good_step()` first) or pass the directory of"
+            " the run to resume.")
+
+    failures: list[tuple[int, str]] = []
+    for candidate in candidates:
+      problem = self._quick_check(candidate)
+      restored = None
+      if problem is None:
+        try:
+          restored = self._restore_step(candidate, target, expected_specs)
+        except CheckpointMismatchError:
+          raise
+        except Exception as e:  # pylint: disable=broad-except
+          problem = _summarize_error(e)
+      if restored is None:
+        self._bad_steps[candidate] = problem
+        failures.append((candidate, problem))
+        if step is not None:
+          break
+        continue
+      if failures:
+        moved = self._quarantine([s for s, _ in failures])
+        for bad, why in failures:
+          warning = (f"checkpoint step {bad} in {self._directory} is corrupt"
+                     f" ({why}); resuming from step {candidate} instead.")
+          if bad in moved:
+            warning += (f" The bad step was moved to {moved[bad]} so this run can"
+                        " save it again; delete it when no longer needed.")
+          _log.warning(warning)
+          warnings.warn(warning, RuntimeWarning, stacklevel=2)
+        self._manager.reload()
+      return restored
+
+    details = "; ".join(f"step {s}: {why}" for s, why in failures)
+    raise CheckpointCorruptError(
+        f"no readable checkpoint in {self._directory} ({details}). Fix: restore"
+        " the directory from a backup, or move it away and start from scratch.")
+
+  def _restore_step(self, step: int, target: Any, expected_specs: list) -> Restored:
+    meta = self._read_json(step, "metadata")
+    saved_specs = meta.get("leaves")
+    if saved_specs is not None:
+      self._compare_specs(step, saved_specs, expected_specs)
+    result = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        data_state=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore(),
+        metadata=ocp.args.JsonRestore(),
+    ))
+    state = result.state
+    got = jax.tree_util.tree_leaves(state)
+    want = jax.tree_util.tree_leaves(target)
+    for leaf, spec in zip(got, want):
+      if leaf.shape != spec.shape or leaf.dtype != spec.dtype:
+        raise CheckpointMismatchError(
+            f"step {step} restored a {leaf.dtype}{list(leaf.shape)} array where"
+            f" {spec.dtype}{list(spec.shape)} was requested.")
+    if self._verify and meta.get("fingerprint") is not None:
+      actual = _fingerprint(state)
+      for (path, _, _), saved, now in zip(expected_specs, meta["fingerprint"], actual):
+        if saved != now:
+          raise ValueError(f"array {path} does not match its saved fingerprint"
+                           " (data changed on disk)")
+    return Restored(step=step, state=state,
+                    data_state=_decode_data_state(result.data_state),
+                    config=result.config, metadata=result.metadata)
+
+  def _compare_specs(self, step: int, saved: list, expected: list) -> None:
+    saved_map = {p: (tuple(s), d) for p, s, d in saved}
+    expected_map = {p: (tuple(s), d) for p, s, d in expected}
+    problems = []
+    for path in sorted(set(saved_map) | set(expected_map)):
+      a, b = saved_map.get(path), expected_map.get(path)
+      if a == b:
+        continue
+      fmt = lambda v: "absent" if v is None else f"{v[1]}{list(v[0])}"
+      problems.append(f"{path or '<root>'}: checkpoint {fmt(a)}, expected {fmt(b)}")
+    if problems:
+      shown = "\n  ".join(problems[:20])
+      more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {self._directory} does not fit the"
+          f" requested state ({len(problems)} leaf difference(s)):\n  {shown}{more}\n"
+          "Fix: build the abstract state from the same model/optimiser config the"
+          " checkpoint was written with (see its `config` item), or start a new"
+          " run in a fresh directory.")
+
+  # -- integrity helpers -----------------------------------------------------
+
+  def _read_json(self, step: int, item: str) -> Any:
+    path = self._directory / str(step) / item / _JSON_FILE
+    return json.loads(path.read_text())
+
+  def _quick_check(self, step: int) -> str | None:
+    """Cheap structural check of a committed step; returns the problem or None."""
+    if step in self._bad_steps:
+      return self._bad_steps[step]
+    step_dir = self._directory / str(step)
+    try:
+      for item in ITEM_NAMES:
+        if not (step_dir / item).is_dir():
+          return f"item directory {item}/ is missing"
+      json.loads((step_dir / "state" / "_METADATA").read_text())
+      for item in ITEM_NAMES[1:]:
+        json.loads((step_dir / item / _JSON_FILE).read_text())
+    except FileNotFoundError as e:
+      return f"missing file {e.filename or e}"
+    except (ValueError, OSError) as e:
+      return f"unreadable metadata: {_summarize_error(e)}"
+    return None
+
+  def _quarantine(self, steps: Sequence[int]) -> dict[int, epath.Path]:
+    """Moves bad step directories to <dir>/corrupt/ so the steps can be re-saved."""
+    moved = {}
+    if _is_primary():
+      stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        source = self._directory / str(step)
+        dest = self._directory / _CORRUPT_SUBDIR / f"{step}-{stamp}"
+        try:
+          dest.parent.mkdir(parents=True, exist_ok=True)
+          source.rename(dest)
+          moved[step] = dest
+        except OSError as e:
+          _log.error("could not move corrupt step %s to %s: %s; delete it by hand"
+                     " before step %d is saved again.", source, dest, e, step)
+    _sync("hrm_jax_checkpoint_quarantine")
+    for step in steps:
+      if not (self._directory / str(step)).exists():
+        self._bad_steps.pop(step, None)  # Gone from disk: no longer in the way.
+        moved.setdefault(step, self._directory / _CORRUPT_SUBDIR)  # Other hosts.
+    return moved
+
+  def _load_best(self) -> tuple[float, int] | None:
+    if self._best_metric is None:
+      return None
+    best = None
+    for step in self.steps():
+      try:
+        metrics = self._read_json(step, "metadata").get("metrics")
+      except (OSError, ValueError):
+        continue
+      value = _metric_value(metrics, self._best_metric)
+      if value is not None and (best is None or self._better(value, best[0])):
+        best = (value, step)
+    return best
+
+  def _better(self, a: float, b: float) -> bool:
+    return a > b if self._best_mode == "max" else a < b
+
+  # -- lifecycle -------------------------------------------------------------
+
+  def _check_open(self) -> None:
+    if self._closed:
+      raise CheckpointError("this Checkpointer is closed; create a new one.")
+
+  def close(self) -> None:
+    """Waits for in-flight saves (raising their errors) and releases Orbax."""
+    if self._closed:
+      return
+    try:
+      self.wait()
+    finally:
+      self._closed = True
+      self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
