@@ -254,6 +254,10 @@ def build_maze_dataset(output_dir: str | pathlib.Path, *, source: str = "generat
     if not path.is_dir():
       raise BuildError(f"--source {source} is not a directory; pass 'generate' or a directory "
                        "holding the original's train.csv and test.csv.")
+    missing = [name for name in ("train.csv", "test.csv") if not (path / name).is_file()]
+    if missing:
+      raise BuildError(f"{path} lacks {', '.join(missing)}; a maze source directory must hold "
+                       "train.csv and test.csv (columns source,q,a,rating).")
     train, test = read_maze_csv(path / "train.csv"), read_maze_csv(path / "test.csv")
     if train.inputs_MxHxW.shape[1:] != test.inputs_MxHxW.shape[1:]:
       raise BuildError(f"{path}: train mazes are {train.inputs_MxHxW.shape[1:]} but test mazes are "
