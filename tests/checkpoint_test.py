@@ -254,6 +254,24 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, kind):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupt_step_that_cannot_be_moved_is_never_skipped(tmp_path, monkeypatch):
+  with ck.Checkpointer(tmp_path) as ckpt:
+    save(ckpt, 10, make_state(1))
+    save(ckpt, 20, make_state(2))
+  _corrupt(tmp_path / "20", "truncated_array_files")
+  with ck.Checkpointer(tmp_path) as ckpt:
+    def no_rename(self, target):
+      raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    monkeypatch.setattr(type(ckpt.directory), "rename", no_rename)
+    with pytest.warns(RuntimeWarning, match="resuming from step 10"):
+      assert ckpt.restore(abstract(make_state(1))).step == 10
+    assert ckpt.latest_good_step() == 10
+    # Saving step 20 again must not be mistaken for "already saved".
+    with pytest.raises(ck.CheckpointError, match=r"20 exists but is not a good.*delete"):
+      save(ckpt, 20, make_state(2))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_no_readable_step_raises_clear_error(tmp_path):
   with ck.Checkpointer(tmp_path) as ckpt:
     save(ckpt, 10, make_state(1))
@@ -262,8 +280,8 @@ def test_no_readable_step_raises_clear_error(tmp_path):
     with pytest.raises(ck.CheckpointCorruptError,
                        match=r"no readable checkpoint .*step 10: .*Fix:"):
       ckpt.restore(abstract(make_state(1)))
-    with pytest.raises(ck.CheckpointError, match="already holds|exists but is not"):
-      save(ckpt, 10, make_state(1))
+    # Nothing to compare against, so nothing is declared corrupt or moved.
+    assert (tmp_path / "10").exists() and not (tmp_path / "corrupt").exists()
 
 
 # ---------------------------------------------------------------------------

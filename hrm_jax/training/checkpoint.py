@@ -267,6 +267,16 @@ def _summarize_error(error: BaseException, limit: int = 400) -> str:
   return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
+      return True
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def _encode_data_state(data_state: Any) -> dict:
   if isinstance(data_state, (bytes, bytearray)):
     return {"encoding": "base64",
@@ -543,6 +553,9 @@ class Checkpointer:
             " scratch (check `latest_good_step()` first) or pass the directory of"
             " the run to resume.")
 
+    # A step counts as corrupt only when an older step then restores into the
+    # same target; only then is it moved aside. If every step fails, the cause
+    # may as well be the target or the machine, so nothing is touched.
     failures: list[tuple[int, str]] = []
     for candidate in candidates:
       problem = self._quick_check(candidate)
@@ -553,9 +566,14 @@ class Checkpointer:
         except CheckpointMismatchError:
           raise
         except Exception as e:  # pylint: disable=broad-except
+          if _is_out_of_memory(e):
+            raise CheckpointError(
+                f"restoring checkpoint step {candidate} from {self._directory} ran"
+                f" out of memory: {_summarize_error(e)}. Fix: free device/host"
+                " memory (restore before building other large arrays) or shard"
+                " the abstract state over more devices.") from e
           problem = _summarize_error(e)
       if restored is None:
-        self._bad_steps[candidate] = problem
         failures.append((candidate, problem))
         if step is not None:
           break
@@ -575,8 +593,10 @@ class Checkpointer:
 
     details = "; ".join(f"step {s}: {why}" for s, why in failures)
     raise CheckpointCorruptError(
-        f"no readable checkpoint in {self._directory} ({details}). Fix: restore"
-        " the directory from a backup, or move it away and start from scratch.")
+        f"no readable checkpoint in {self._directory} ({details}). Fix: if every"
+        " step fails the same way, check the abstract state's shardings and the"
+        " devices first; otherwise restore the directory from a backup, or move"
+        " it away and start from scratch.")
 
   def _restore_step(self, step: int, target: Any, expected_specs: list) -> Restored:
     meta = self._read_json(step, "metadata")
@@ -668,8 +688,10 @@ class Checkpointer:
                      " before step %d is saved again.", source, dest, e, step)
     _sync("hrm_jax_checkpoint_quarantine")
     for step in steps:
-      if not (self._directory / str(step)).exists():
-        self._bad_steps.pop(step, None)  # Gone from disk: no longer in the way.
+      if (self._directory / str(step)).exists():
+        # Still in place: never offer it again, and make `save` refuse to skip it.
+        self._bad_steps[step] = "corrupt; could not be moved aside"
+      else:
         moved.setdefault(step, self._directory / _CORRUPT_SUBDIR)  # Other hosts.
     return moved
 
