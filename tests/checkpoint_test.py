@@ -213,6 +213,13 @@ def _corrupt(step_dir: pathlib.Path, kind: str) -> None:
       for i in range(len(data) // 3, len(data), max(1, len(data) // 7)):
         data[i] ^= 0x10
       pathlib.Path(f).write_bytes(bytes(data))
+  elif kind == "one_flipped_bit":
+    # In the middle of the largest array file: zstd keeps incompressible data as
+    # raw bytes, so only the fingerprint notices.
+    path = pathlib.Path(max(_array_files(step_dir), key=os.path.getsize))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
   elif kind == "bad_array_metadata":
     (step_dir / "state" / "_METADATA").write_text("{not json")
   elif kind == "bad_run_metadata":
@@ -228,7 +235,7 @@ def _corrupt(step_dir: pathlib.Path, kind: str) -> None:
 # A failed restore leaves Orbax coroutines that complain at garbage collection.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("kind", [
-    "deleted_array_files", "truncated_array_files", "flipped_bits",
+    "deleted_array_files", "truncated_array_files", "flipped_bits", "one_flipped_bit",
     "bad_array_metadata", "bad_run_metadata", "missing_item"])
 def test_corrupt_latest_falls_back_to_previous(tmp_path, kind):
   old, new = make_state(1), make_state(2)
@@ -239,8 +246,11 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, kind):
 
   with ck.Checkpointer(tmp_path) as ckpt:
     with pytest.warns(RuntimeWarning,
-                      match=r"step 20 in .* is corrupt \(.+\); resuming from step 10"):
+                      match=r"step 20 in .* is corrupt \(.+\); resuming from step 10"
+                      ) as record:
       restored = ckpt.restore(abstract(old))
+    if kind == "one_flipped_bit":
+      assert "does not match its saved fingerprint" in str(record[0].message)
     assert restored.step == 10
     assert_bitwise_equal(restored.state.params, old.params)
     assert restored.data_state == {"next_index": 10}

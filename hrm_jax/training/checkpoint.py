@@ -10,7 +10,7 @@ One checkpoint step holds four Orbax items:
               hash, metrics, best metric and its step, library versions, wall
               time, the state's leaf specs and a per-leaf fingerprint.
 
-Orbax writes a step into `<dir>/<step>.orbax-checkpoint-tmp-*` and renames it to
+Orbax writes a step into `<dir>/<step>.orbax-checkpoint-tmp` and renames it to
 `<dir>/<step>` only after every item (and `commit_success.txt`) is on disk, so a
 process killed mid-save leaves a temporary directory that is never listed as a
 step. Restore checks the leaf specs against the abstract state, reads every

@@ -137,6 +137,8 @@ class PreemptionGuard:
 
   def request_stop(self) -> None:
     """Asks for a stop as if a signal had arrived (e.g. a wall-clock budget)."""
+    if self._mode is None:
+      self._mode = self._pick_mode()
     if self._mode == "jax":
       os.kill(os.getpid(), signal.SIGTERM)
     self._flag.set()
@@ -157,7 +159,9 @@ class PreemptionGuard:
     """True from the agreed step on; call at every step boundary on every process."""
     if self._stop_step is not None:
       return step >= self._stop_step
-    mode = self._mode or self._pick_mode()
+    if self._mode is None:  # Not installed: only request_stop() can trigger.
+      self._mode = self._pick_mode()
+    mode = self._mode
     if mode == "local":
       stop = self._flag.is_set()
     elif mode == "jax":
