@@ -205,13 +205,24 @@ def reset_carry(carry: Carry, batch: dict[str, jax.Array], buffers: dict[str, ja
                     for k, v in carry.current_data.items()})
 
 
+def exploration_min_steps(cfg: ModelConfig, rng: jax.Array, batch_size: int,
+                          halt_max_steps: int | None = None) -> jax.Array:
+  """Per-row minimum segments: with prob `halt_exploration_prob` a random 2..max, else 0."""
+  max_steps = cfg.halt_max_steps if halt_max_steps is None else halt_max_steps
+  key_explore, key_min = jax.random.split(rng)
+  explore = jax.random.uniform(key_explore, (batch_size,)) < cfg.halt_exploration_prob
+  return explore * jax.random.randint(key_min, (batch_size,), 2, max_steps + 1)
+
+
 def act_step(params, cfg: ModelConfig, carry: Carry, puzzle_rows_BxE, *, training: bool,
-             rng: jax.Array | None = None, halt_on_q: bool = False,
-             halt_max_steps: int | None = None) -> tuple[Carry, dict[str, jax.Array]]:
+             rng: jax.Array | None = None, min_halt_steps_B: jax.Array | None = None,
+             halt_on_q: bool = False, halt_max_steps: int | None = None
+             ) -> tuple[Carry, dict[str, jax.Array]]:
   """One ACT call on a carry that `reset_carry` already prepared (the original's `ACT.forward` after reset).
 
-  training=True: Q-based halting with exploration and the target-Q second forward (needs `rng` when
-  `halt_exploration_prob > 0`). training=False: the original's evaluation, halting only at
+  training=True: Q-based halting with exploration and the target-Q second forward (needs `rng`, or the
+  precomputed `min_halt_steps_B` from `exploration_min_steps`, when `halt_exploration_prob > 0`).
+  training=False: the original's evaluation, halting only at
   `halt_max_steps`, unless `halt_on_q` also halts rows whose q_halt > q_continue.
   """
   max_steps = cfg.halt_max_steps if halt_max_steps is None else halt_max_steps
@@ -226,12 +237,11 @@ def act_step(params, cfg: ModelConfig, carry: Carry, puzzle_rows_BxE, *, trainin
   if training and max_steps > 1:
     halted = halted | (q_halt > q_continue)
     if cfg.halt_exploration_prob > 0:
-      if rng is None:
-        raise ValueError("act_step(training=True) needs `rng` when halt_exploration_prob > 0")
-      key_explore, key_min = jax.random.split(rng)
-      explore = jax.random.uniform(key_explore, q_halt.shape) < cfg.halt_exploration_prob
-      min_halt_steps = explore * jax.random.randint(key_min, steps.shape, 2, max_steps + 1)
-      halted = halted & (steps >= min_halt_steps)
+      if min_halt_steps_B is None:
+        if rng is None:
+          raise ValueError("act_step(training=True) needs `rng` when halt_exploration_prob > 0")
+        min_halt_steps_B = exploration_min_steps(cfg, rng, steps.shape[0], max_steps)
+      halted = halted & (steps >= min_halt_steps_B)
     # Target Q from the next segment (no gradient), as the original's "PQN-like" bootstrap.
     _, _, next_q_halt, next_q_continue = segment(
         jax.lax.stop_gradient(params), cfg, z_H, z_L, data["inputs"],

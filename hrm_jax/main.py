@@ -1,0 +1,36 @@
+"""Train HRM: `python -m hrm_jax.main --config=configs/<task>.py[:variant] --workdir=DIR [--config.key=value]`.
+
+Running the same command again resumes the run in DIR exactly where it stopped.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Task config file, e.g. configs/demo.py or configs/sudoku.py:smoke.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, status.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; settings go in --config.key=value flags.")
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.config_with_absl()
+  logging.set_verbosity(logging.WARNING)
+  from hrm_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
+  from hrm_jax.training import train  # pylint: disable=import-outside-toplevel
+  from hrm_jax.data.format import DatasetError  # pylint: disable=import-outside-toplevel
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (train.TrainingError, DatasetError, checkpoint.CheckpointError, checkpoint.ResumeConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
