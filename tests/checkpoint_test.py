@@ -21,6 +21,11 @@ import pytest
 from hrm_jax.training import checkpoint as ck
 from hrm_jax.training import preemption
 
+# A failed restore leaves Orbax coroutines that complain whenever they are
+# garbage-collected, which may be during a later test.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = {"model": {"hidden_size": 16, "H_cycles": 2}, "lr": 1e-4,
           "eval": {"batch_size": 8}, "data_path": "data/sudoku"}
@@ -232,8 +237,6 @@ def _corrupt(step_dir: pathlib.Path, kind: str) -> None:
     raise ValueError(kind)
 
 
-# A failed restore leaves Orbax coroutines that complain at garbage collection.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("kind", [
     "deleted_array_files", "truncated_array_files", "flipped_bits", "one_flipped_bit",
     "bad_array_metadata", "bad_run_metadata", "missing_item"])
@@ -263,7 +266,6 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, kind):
     assert ckpt.restore(abstract(old)).step == 20
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_step_that_cannot_be_moved_is_never_skipped(tmp_path, monkeypatch):
   with ck.Checkpointer(tmp_path) as ckpt:
     save(ckpt, 10, make_state(1))
@@ -281,7 +283,6 @@ def test_corrupt_step_that_cannot_be_moved_is_never_skipped(tmp_path, monkeypatc
       save(ckpt, 20, make_state(2))
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_no_readable_step_raises_clear_error(tmp_path):
   with ck.Checkpointer(tmp_path) as ckpt:
     save(ckpt, 10, make_state(1))
