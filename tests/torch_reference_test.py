@@ -268,8 +268,8 @@ def test_adam_atan2_matches_formula():
 
 
 def test_sign_sgd_sums_duplicates_and_skips_absent_rows():
-  cfg = dict(TINY_LEARNED_CFG, puzzle_emb_ndim=2, hidden_size=2, num_heads=1, num_puzzle_identifiers=4,
-             pos_encodings="rope")
+  cfg = dict(TINY_LEARNED_CFG, puzzle_emb_ndim=2, hidden_size=2, num_heads=1,
+             num_puzzle_identifiers=4, pos_encodings="rope")
   head = build_loss_head(cfg)
   emb = head.model.inner.puzzle_emb
   with torch.no_grad():
@@ -306,8 +306,8 @@ def test_cli_reports_user_errors(tmp_path, capsys):
   assert "missing required field" in capsys.readouterr().err
   assert mf.main([str(tmp_path), "--config", "not json {"]) == 2
   assert "neither an existing file nor a JSON object" in capsys.readouterr().err
-  assert mf.main([str(tmp_path), "--config", json.dumps(dict(TINY_LEARNED_CFG, pos_encodings="alibi"))
-                  ]) == 2
+  bad_pos = json.dumps(dict(TINY_LEARNED_CFG, pos_encodings="alibi"))
+  assert mf.main([str(tmp_path), "--config", bad_pos]) == 2
   assert "pos_encodings 'alibi' unsupported" in capsys.readouterr().err
   assert mf.main([str(tmp_path), "--config", json.dumps(TINY_LEARNED_CFG),
                   "--checkpoint", str(tmp_path / "nope")]) == 2

@@ -10,9 +10,9 @@ Usage (from the repo root):
       "forward_dtype": "float32", "batch_size": 4, "vocab_size": 7, "seq_len": 10,
       "num_puzzle_identifiers": 1}'
   # Re-run an existing fixture's checkpoint on its own batches:
-  python -m tools.make_fixture /tmp/fx --config ../shared/fixtures/hrm_original/tiny/float32/model_cfg.json \
-      --checkpoint ../shared/fixtures/hrm_original/tiny/float32/checkpoint_dir/step_0 \
-      --batches-from ../shared/fixtures/hrm_original/tiny/float32/reference.npz
+  F=../shared/fixtures/hrm_original/tiny/float32
+  python -m tools.make_fixture /tmp/fx --config $F/model_cfg.json \
+      --checkpoint $F/checkpoint_dir/step_0 --batches-from $F/reference.npz
 """
 
 import argparse
@@ -517,7 +517,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m tools.make_fixture", description=__doc__.split("\n\n")[0])
   parser.add_argument("out_dir", help="fixture directory to write")
-  parser.add_argument("--config", required=True, help="model_cfg as inline JSON or a JSON file path")
+  parser.add_argument("--config", required=True,
+                      help="model_cfg as inline JSON or a JSON file path")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--forward-dtype", choices=["float32", "bfloat16"], default=None)
   parser.add_argument("--loss-type", choices=list(LOSS_TYPES), default="stablemax_cross_entropy")

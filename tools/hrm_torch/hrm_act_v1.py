@@ -24,7 +24,7 @@ _FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 
 @dataclasses.dataclass(frozen=True)
 class HierarchicalReasoningModel_ACTV1Config:  # pylint: disable=invalid-name
-  """The original's pydantic config, as a validated dataclass (unknown keys are ignored there too)."""
+  """The original's pydantic config as a validated dataclass; unknown keys are ignored, as there."""
 
   batch_size: int
   seq_len: int

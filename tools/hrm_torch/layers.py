@@ -97,7 +97,9 @@ class CastedLinear(nn.Module):
 class CastedEmbedding(nn.Module):
   """Embedding table kept in fp32, looked up after casting to `cast_to`."""
 
-  def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype):
+  def __init__(
+      self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype
+  ):
     super().__init__()
     self.cast_to = cast_to
     self.embedding_weight = nn.Parameter(
@@ -154,13 +156,15 @@ class Attention(nn.Module):
     value_BxTxNxH = qkv_BxTxN3xH[:, :, num_q + num_kv:]
     if cos_sin is not None:
       cos_TxH, sin_TxH = cos_sin
-      query_BxTxNxH, key_BxTxNxH = apply_rotary_pos_emb(query_BxTxNxH, key_BxTxNxH, cos_TxH, sin_TxH)
+      query_BxTxNxH, key_BxTxNxH = apply_rotary_pos_emb(
+          query_BxTxNxH, key_BxTxNxH, cos_TxH, sin_TxH)
     # flash_attn_func works on [B, T, N, H]; SDPA wants [B, N, T, H]. Same math, scale 1/sqrt(hd).
     attn_BxNxTxH = F.scaled_dot_product_attention(
         query_BxTxNxH.transpose(1, 2), key_BxTxNxH.transpose(1, 2), value_BxTxNxH.transpose(1, 2),
         is_causal=self.causal,
     )
-    attn_BxTxD = attn_BxNxTxH.transpose(1, 2).contiguous().view(batch_size, seq_len, self.output_size)
+    attn_BxTxD = attn_BxNxTxH.transpose(1, 2).contiguous().view(
+        batch_size, seq_len, self.output_size)
     return self.o_proj(attn_BxTxD)
 
 

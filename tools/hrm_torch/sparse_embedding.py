@@ -29,7 +29,8 @@ class CastedSparseEmbedding(nn.Module):
         persistent=True,
     )
     self.register_buffer(
-        "local_weights", torch.zeros(batch_size, embedding_dim, requires_grad=True), persistent=False
+        "local_weights", torch.zeros(batch_size, embedding_dim, requires_grad=True),
+        persistent=False,
     )
     self.register_buffer("local_ids", torch.zeros(batch_size, dtype=torch.int32), persistent=False)
 
