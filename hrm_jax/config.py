@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- evaluation ------------------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 2000  # fast evaluation on a fixed subset every N steps (0: never)
+  c.eval.every_epochs = 0.0  # if > 0, overrides every_steps: evaluate every N epochs (the original's unit)
   c.eval.subset_size = 1024  # examples in the fast subset (0: the whole test split)
   c.eval.full_every_steps = 20000  # full evaluation at least this often (0: only at the end)
   c.eval.full_on_improvement = 0.01  # also run the full one when the fast exact accuracy improves by this

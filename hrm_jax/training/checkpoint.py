@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import logging
 import math
+import os
 import platform
 import re
 import time
@@ -350,6 +351,9 @@ class Checkpointer:
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
     self._directory = epath.Path(directory).expanduser()
+    if "://" not in str(directory):
+      # Orbax's tensorstore writer needs absolute local paths.
+      self._directory = epath.Path(os.path.abspath(self._directory))
     if self._directory.exists() and not self._directory.is_dir():
       raise CheckpointError(
           f"checkpoint directory {self._directory} exists but is not a directory;"
@@ -520,9 +524,11 @@ class Checkpointer:
     return CheckpointSaveError(
         f"saving checkpoint {which} to {self._directory} failed:"
         f" {_summarize_error(error)}. Earlier checkpoints are intact ({kept};"
-        f" steps on disk: {self.steps()}). Fix: free disk space or fix write"
-        " permission on the directory, then rerun the same command to resume;"
-        " the partial write is removed on the next start.")
+        f" steps on disk: {self.steps()}). Fix: "
+        + ("free disk space or fix write permission on the directory"
+           if isinstance(error, OSError) else "see the error above")
+        + ", then rerun the same command to resume; the partial write is removed"
+        " on the next start.")
 
   # -- restore ---------------------------------------------------------------
 

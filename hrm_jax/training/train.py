@@ -53,6 +53,7 @@ class RunPlan:
   warmup_steps: int
   epochs: float
   samples: int
+  eval_every_steps: int
 
 
 # ==========================================================================================================
@@ -124,8 +125,11 @@ def plan_run(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadat
     raise TrainingError(f"Warmup is given in more than one unit {dict(given)}; set only one of "
                         "optimizer.warmup_steps / warmup_epochs / warmup_samples.")
   warmup = optim.resolve_warmup_steps(dict(given) if given else 0, steps_per_epoch, batch)
+  eval_every = config.eval.every_steps
+  if config.eval.every_epochs > 0:
+    eval_every = max(1, round(config.eval.every_epochs * steps_per_epoch))
   return RunPlan(total_steps=total, steps_per_epoch=steps_per_epoch, warmup_steps=warmup,
-                 epochs=total / steps_per_epoch, samples=total * batch)
+                 epochs=total / steps_per_epoch, samples=total * batch, eval_every_steps=eval_every)
 
 
 def make_optimizers(config: ml_collections.ConfigDict, plan: RunPlan):
@@ -247,7 +251,7 @@ def _finite(metrics: dict[str, float]) -> bool:
 # ==========================================================================================================
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the last full evaluation's summary."""
-  workdir = pathlib.Path(workdir).expanduser()
+  workdir = pathlib.Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
 
   # ---------------------------------------------------------------------------------------------- setup
@@ -286,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
        f"{process_count} process(es)")
   _say(f"Run length: {plan.total_steps:,} optimiser steps = {plan.epochs:,.2f} epochs = {plan.samples:,} "
        f"samples (global batch {gbs}; 1 epoch = {plan.steps_per_epoch:,.2f} steps); warmup "
-       f"{plan.warmup_steps:,} steps")
+       f"{plan.warmup_steps:,} steps; evaluation every {plan.eval_every_steps:,} steps")
 
   # ---------------------------------------------------------------------------------------------- resume
   # Order: (1) a checkpoint of this run in workdir resumes it exactly; (2) else init_from loads weights only;
@@ -410,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
       # -- evaluation ------------------------------------------------------------------------------------
       stop_early = False
-      if (config.eval.every_steps and step % config.eval.every_steps == 0) or is_last:
+      if (plan.eval_every_steps and step % plan.eval_every_steps == 0) or is_last:
         with timer.excluded():
           subset = config.eval.subset_size or None
           fast = run_eval(subset) if subset and not is_last else None
