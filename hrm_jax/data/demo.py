@@ -1,7 +1,8 @@
 """A small 4×4-Sudoku dataset for the demo config: built on first use in about a second.
 
-2000 train / 256 test distinct puzzles (seed 0), each with a unique solution and 6..10 of 16 cells
-blank, so a small model learns it in minutes on a CPU. Same format as every builder (seq 16, vocab 6).
+2000 train / 256 test distinct puzzles (seed 0), each with a unique solution and 6..10 of its 16
+cells blank, so a small model learns it in minutes on a CPU. Same format as the builders (seq 16,
+vocab 6).
 """
 
 from __future__ import annotations

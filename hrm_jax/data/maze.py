@@ -217,7 +217,9 @@ def dihedral_augment(data: MazeSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]
   inputs = np.stack([augment.dihedral_transform(data.inputs_MxHxW, t) for t in range(8)], axis=1)
   labels = np.stack([augment.dihedral_transform(data.labels_MxHxW, t) for t in range(8)], axis=1)
   num = data.inputs_MxHxW.shape[0]
-  return inputs.reshape(num * 8, -1), labels.reshape(num * 8, -1), np.full(num, 8, np.int64)
+  seq_len = int(np.prod(data.inputs_MxHxW.shape[1:]))
+  return (inputs.reshape(num * 8, seq_len), labels.reshape(num * 8, seq_len),
+          np.full(num, 8, np.int64))
 
 
 def build_maze_dataset(output_dir: str | pathlib.Path, *, source: str = "generate",
@@ -234,6 +236,8 @@ def build_maze_dataset(output_dir: str | pathlib.Path, *, source: str = "generat
   for name, value in (("--num-train", num_train), ("--num-test", num_test)):
     if value is not None and value < 0:
       raise BuildError(f"{name} must be >= 0, got {value}.")
+  if source == "generate" and (num_train, num_test) == (0, 0):
+    raise BuildError("--num-train and --num-test are both 0; nothing to build.")
   if not 0 <= loop_fraction <= 1:
     raise BuildError(f"--loop-fraction must be in [0, 1], got {loop_fraction}.")
   build_util.check_output_dir(output_dir, overwrite)
@@ -267,19 +271,21 @@ def build_maze_dataset(output_dir: str | pathlib.Path, *, source: str = "generat
     train, test = sub(train, num_train), sub(test, num_test)
   generate_seconds = time.perf_counter() - start
 
+  seq_len = int(np.prod(train.inputs_MxHxW.shape[1:]))
   if aug:
     train_inputs, train_labels, sizes = dihedral_augment(train)
   else:
     num = train.inputs_MxHxW.shape[0]
-    train_inputs, train_labels = train.inputs_MxHxW.reshape(num, -1), train.labels_MxHxW.reshape(num, -1)
+    train_inputs = train.inputs_MxHxW.reshape(num, seq_len)
+    train_labels = train.labels_MxHxW.reshape(num, seq_len)
     sizes = np.ones(num, np.int64)
   num_test_mazes = test.inputs_MxHxW.shape[0]
   with build_util.atomic_output_dir(output_dir, overwrite) as scratch:
     build_util.write_single_example_split(scratch, "train", train_inputs, train_labels, sizes,
                                           VOCAB_SIZE)
     build_util.write_single_example_split(scratch, "test",
-                                          test.inputs_MxHxW.reshape(num_test_mazes, -1),
-                                          test.labels_MxHxW.reshape(num_test_mazes, -1),
+                                          test.inputs_MxHxW.reshape(num_test_mazes, seq_len),
+                                          test.labels_MxHxW.reshape(num_test_mazes, seq_len),
                                           np.ones(num_test_mazes, np.int64), VOCAB_SIZE)
     data_format.write_identifiers(scratch, [data_format.BLANK_IDENTIFIER])
   lengths = np.concatenate([train.path_length_M, test.path_length_M])

@@ -1,4 +1,4 @@
-"""Sudoku datasets: a batched numpy solver and generator, the sudoku-extreme CSV reader, the builder.
+"""Sudoku datasets: a batched numpy solver and generator, the sudoku-extreme CSV reader, a builder.
 
 Encoding as the original `build_sudoku_dataset.py`: a cell holding digit d (0 = blank) becomes
 token d + 1, so blank = 1 and digits 1..9 = 2..10; PAD 0 is never used; vocab 11, seq 81. Labels are
@@ -239,6 +239,12 @@ class SudokuSet:
   solutions_MxN: np.ndarray
   difficulty_M: np.ndarray  # Solver guesses (generated) or the CSV rating column.
 
+  def __len__(self) -> int:
+    return int(self.puzzles_MxN.shape[0])
+
+  def select(self, index: np.ndarray | slice) -> SudokuSet:
+    return SudokuSet(self.puzzles_MxN[index], self.solutions_MxN[index], self.difficulty_M[index])
+
 
 def generate_puzzles(count: int, rng: np.random.Generator, box: int = 3, min_difficulty: int = 0,
                      blanks_range: tuple[int, int] | None = None,
@@ -304,7 +310,8 @@ def read_sudoku_csv(path: pathlib.Path, box: int = 3) -> SudokuSet:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None:
-      raise BuildError(f"{path} is empty; expected a header then source,question,answer,rating rows.")
+      raise BuildError(f"{path} is empty; expected a header, then source,question,answer,rating "
+                       "rows.")
     for row in reader:
       line = reader.line_num
       where = f"{path}:{line}"
@@ -323,7 +330,8 @@ def read_sudoku_csv(path: pathlib.Path, box: int = 3) -> SudokuSet:
                          "'.' or '0' for blanks.")
       bad = [ch for ch in answer if ch not in digits]
       if bad:
-        raise BuildError(f"{where}: answer holds {bad[0]!r}; it must be a full grid of digits 1-{n}.")
+        raise BuildError(f"{where}: answer holds {bad[0]!r}; it must be a full grid of digits "
+                         f"1-{n}.")
       q = np.array([0 if ch in ".0" else digits.index(ch) + 1 for ch in question], np.uint8)
       a = np.array([digits.index(ch) + 1 for ch in answer], np.uint8)
       clash = np.flatnonzero((q != 0) & (q != a))
@@ -357,9 +365,7 @@ def _csv_sources(source: pathlib.Path, rng: np.random.Generator, num_test: int |
     raise BuildError(f"{source} has {total} puzzles; --num-test {test_count} leaves none to train "
                      "on. Lower --num-test.")
   order = rng.permutation(total)
-  pick = lambda idx: SudokuSet(rows.puzzles_MxN[idx], rows.solutions_MxN[idx],
-                               rows.difficulty_M[idx])
-  return pick(np.sort(order[test_count:])), pick(np.sort(order[:test_count]))
+  return rows.select(np.sort(order[test_count:])), rows.select(np.sort(order[:test_count]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -374,7 +380,7 @@ def encode(grids_MxN: np.ndarray) -> np.ndarray:
 
 def augment_set(data: SudokuSet, num_aug: int, rng: np.random.Generator, box: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Each board followed by `num_aug` random symmetries of it; returns (puzzles, solutions, sizes)."""
+  """Each board then `num_aug` random symmetries of it: (puzzles, solutions, group sizes)."""
   num = data.puzzles_MxN.shape[0]
   if num_aug == 0:
     return data.puzzles_MxN, data.solutions_MxN, np.ones(num, dtype=np.int64)
@@ -400,7 +406,8 @@ def build_sudoku_dataset(output_dir: str | pathlib.Path, *, source: str = "gener
   `source` is "generate" or a CSV path / directory. Generated defaults: 1000 train, 1000 test,
   minimal puzzles; CSV defaults: every row (`num_train` subsamples train, as the original's
   --subsample-size). `min_difficulty` filters on the solver's guesses (generated; default 1 for
-  9×9, 0 for 4×4) or the CSV rating column (default no filter). Augmentation (`num_aug` copies per board) is applied to train only.
+  9×9, 0 for 4×4) or the CSV rating column (default no filter). Augmentation (`num_aug` copies
+  per board) is applied to train only.
   """
   if box not in (2, 3):
     raise BuildError(f"--box must be 2 (4x4) or 3 (9x9), got {box}.")
@@ -409,6 +416,8 @@ def build_sudoku_dataset(output_dir: str | pathlib.Path, *, source: str = "gener
       raise BuildError(f"{name} must be >= 0, got {value}.")
   if blanks_range is not None and not 1 <= blanks_range[0] <= blanks_range[1]:
     raise BuildError(f"blank range {blanks_range} must satisfy 1 <= lo <= hi.")
+  if source == "generate" and (num_train, num_test) == (0, 0):
+    raise BuildError("--num-train and --num-test are both 0; nothing to build.")
   build_util.check_output_dir(output_dir, overwrite)
   say = log or (lambda _: None)
   rng = np.random.default_rng(seed)
@@ -422,8 +431,7 @@ def build_sudoku_dataset(output_dir: str | pathlib.Path, *, source: str = "gener
         f"(difficulty >= {floor})")
     both = generate_puzzles(train_count + test_count, rng, box, floor, blanks_range, log=say)
     # One pool, then split, keeps train and test puzzles distinct.
-    take = lambda sl: SudokuSet(both.puzzles_MxN[sl], both.solutions_MxN[sl], both.difficulty_M[sl])
-    train, test = take(slice(0, train_count)), take(slice(train_count, None))
+    train, test = both.select(slice(0, train_count)), both.select(slice(train_count, None))
   else:
     path = pathlib.Path(source)
     if not path.exists():
@@ -431,17 +439,15 @@ def build_sudoku_dataset(output_dir: str | pathlib.Path, *, source: str = "gener
                        "file, or a directory holding train.csv and test.csv.")
     train, test = _csv_sources(path, rng, num_test if not path.is_dir() else None, box)
     if min_difficulty is not None:
-      keep = lambda s: SudokuSet(*(a[s.difficulty_M >= min_difficulty] for a in
-                                   (s.puzzles_MxN, s.solutions_MxN, s.difficulty_M)))
-      train, test = keep(train), keep(test)
-    sub = lambda s, limit: SudokuSet(*(a[build_util.take_subset(rng, len(s.puzzles_MxN), limit)]
-                                       for a in (s.puzzles_MxN, s.solutions_MxN, s.difficulty_M)))
-    train = sub(train, num_train)
+      train = train.select(train.difficulty_M >= min_difficulty)
+      test = test.select(test.difficulty_M >= min_difficulty)
+    # Filter first, then subsample (the original's order).
+    train = train.select(build_util.take_subset(rng, len(train), num_train))
     if path.is_dir():
-      test = sub(test, num_test)
-    if not len(train.puzzles_MxN) or not len(test.puzzles_MxN):
-      raise BuildError(f"no puzzles left in {'train' if not len(train.puzzles_MxN) else 'test'} "
-                       "after filtering; lower --min-difficulty.")
+      test = test.select(build_util.take_subset(rng, len(test), num_test))
+    if not len(train) or not len(test):
+      raise BuildError(f"no puzzles left in {'test' if len(train) else 'train'} after filtering; "
+                       "lower --min-difficulty.")
   generate_seconds = time.perf_counter() - start
 
   puzzles, solutions, sizes = augment_set(train, num_aug, rng, box)
@@ -450,13 +456,12 @@ def build_sudoku_dataset(output_dir: str | pathlib.Path, *, source: str = "gener
                                           sizes, vocab_size(box))
     build_util.write_single_example_split(scratch, "test", encode(test.puzzles_MxN),
                                           encode(test.solutions_MxN),
-                                          np.ones(len(test.puzzles_MxN), np.int64), vocab_size(box))
+                                          np.ones(len(test), np.int64), vocab_size(box))
     data_format.write_identifiers(scratch, [data_format.BLANK_IDENTIFIER])
   summary = {
       "train_puzzles": int(puzzles.shape[0]), "train_groups": int(len(sizes)),
-      "test_puzzles": int(test.puzzles_MxN.shape[0]), "generate_seconds": generate_seconds,
+      "test_puzzles": len(test), "generate_seconds": generate_seconds,
       "train_difficulty": train.difficulty_M, "test_difficulty": test.difficulty_M,
-      "blanks_mean": float((np.concatenate([train.puzzles_MxN, test.puzzles_MxN]) == 0).sum(1).mean()),
   }
   say(f"Wrote {output_dir}: {summary['train_puzzles']} train puzzles in {summary['train_groups']} "
       f"groups, {summary['test_puzzles']} test puzzles ({generate_seconds:.1f}s to "
