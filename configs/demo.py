@@ -22,11 +22,12 @@ def get_config(variant: str = ""):
   c.model.H_layers = 1
   c.model.L_layers = 1
   c.model.puzzle_emb_ndim = 0  # one dataset-wide puzzle id: nothing to embed
+  c.model.pos_encodings = "learned"  # learns the 2D board structure far faster than RoPE's 1D positions
   c.model.halt_max_steps = 4
   c.model.forward_dtype = "float32"  # CPUs have no fast bfloat16 matmuls
 
   c.global_batch_size = 64
-  c.num_steps = 1500
+  c.num_steps = 2000
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 100
   c.optimizer.weight_decay = 0.1

@@ -16,6 +16,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _parse_flags(argv):
+  """absl flag parsing with config-override mistakes reported in one line (no traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError, TypeError, ValueError, flags.Error) as e:
+    text = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace("\n", " ")
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    print(f"error: bad config override {bad or argv[1:]}: {text}\n"
+          "Settings are --config.<key>=<value> with keys as in the config file "
+          "(see hrm_jax/config.py for every key).", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; settings go in --config.key=value flags.")
@@ -33,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -604,6 +604,26 @@ class Checkpointer:
         " devices first; otherwise restore the directory from a backup, or move"
         " it away and start from scratch.")
 
+  def restore_weights(self, step: int | None = None,
+                      keys: Sequence[str] = ("params", "buffers", "puzzle_table")) -> dict[str, Any]:
+    """The named top-level entries of a saved state, without a target (a weights-only start).
+
+    Unlike `restore`, shapes come from the checkpoint itself, so the caller may use weights of a run
+    with another batch size or dataset. Returns host numpy trees.
+    """
+    self._check_open()
+    self.wait()
+    step = self.latest_good_step() if step is None else int(step)
+    if step is None:
+      raise CheckpointError(f"no finished checkpoint in {self._directory} to take weights from.")
+    result = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = result.state
+    missing = [k for k in keys if k not in state]
+    if missing:
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {self._directory} has no {missing} (it holds {sorted(state)}).")
+    return {k: jax.tree_util.tree_map(np.asarray, state[k]) for k in keys}
+
   def _restore_step(self, step: int, target: Any, expected_specs: list) -> Restored:
     meta = self._read_json(step, "metadata")
     saved_specs = meta.get("leaves")
@@ -654,6 +674,10 @@ class Checkpointer:
           " run in a fresh directory.")
 
   # -- integrity helpers -----------------------------------------------------
+
+  def saved_config(self, step: int) -> dict:
+    """The config a step was saved with (cheap: reads one small JSON item)."""
+    return self._read_json(int(step), "config")
 
   def _read_json(self, step: int, item: str) -> Any:
     path = self._directory / str(step) / item / _JSON_FILE

@@ -198,14 +198,16 @@ def load_init_weights(path: str, state: TrainState, cfg: ModelConfig) -> TrainSt
   """Weights-only start from an hrm_jax checkpoint directory or an original PyTorch checkpoint file."""
   source = pathlib.Path(path).expanduser()
   if source.is_dir():
-    with ckpt_lib.Checkpointer(source, async_save=False) as reader:
-      step = reader.latest_good_step()
-      if step is None:
-        raise TrainingError(f"init_from={path}: no finished checkpoint in that directory.")
-      params_only = reader.restore_params(step) if hasattr(reader, "restore_params") else None
-    if params_only is None:
-      raise TrainingError(f"init_from={path}: cannot read weights from that checkpoint directory.")
-    params, buffers, table = params_only["params"], params_only["buffers"], params_only["puzzle_table"]
+    if (source / "checkpoints").is_dir():
+      source = source / "checkpoints"  # a run's workdir
+    reader = ckpt_lib.Checkpointer(source, async_save=False)
+    try:
+      if reader.latest_good_step() is None:
+        raise TrainingError(f"init_from={path}: no finished hrm_jax checkpoint in that directory.")
+      weights = reader.restore_weights()
+    finally:
+      reader.close()
+    params, buffers, table = weights["params"], weights["buffers"], weights["puzzle_table"]
   else:
     from hrm_jax.convert import torch_checkpoint  # pylint: disable=import-outside-toplevel
     converted = torch_checkpoint.load_original_checkpoint(source, seq_len=cfg.seq_len)
@@ -305,10 +307,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   best_exact, best_step = None, None
   resume_step = checkpointer.latest_good_step()
   if resume_step is not None:
+    # Refuse a resume that changes what is trained before touching any array.
+    ckpt_lib.check_resume_compatible(checkpointer.saved_config(resume_step), config_dict,
+                                     config_lib.RESUME_SAFE_KEYS)
     abstract_with_shardings = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
     restored = checkpointer.restore(abstract_with_shardings)
-    ckpt_lib.check_resume_compatible(restored.config, config_dict, config_lib.RESUME_SAFE_KEYS)
     state = restored.state
     train_iter.set_state(restored.data_state)
     run_id = restored.metadata.get("run_id", run_id)
