@@ -36,6 +36,7 @@ def get_config(variant: str = ""):
   c.eval.subset_size = 0  # the held-out set is small: always evaluate all of it
   c.eval.full_every_steps = 250
   c.eval.batch_size = 256
+  c.eval.at_start = True
   c.checkpoint.every_steps = 250
   c.log.every_steps = 25
 

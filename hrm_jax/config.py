@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.halt_on_q = False  # True: stop rows when q_halt > q_continue (the original runs all segments)
   c.eval.halt_max_steps = 0  # > 0: more segments than training (inference-time scaling)
   c.eval.early_stop_patience = 0  # > 0: stop after N full evaluations without a better exact accuracy
+  c.eval.at_start = False  # also evaluate before the first step (shows where training starts from)
   c.eval.save_predictions = False  # write predictions of each full evaluation to workdir/predictions/
 
   # ---- checkpoints -----------------------------------------------------------------------------------

@@ -378,6 +378,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   step = start_step
   end_state, end_message = "finished", f"Finished {plan.total_steps:,} steps."
   try:
+    if config.eval.at_start and start_step == 0:
+      start_eval = run_eval(None)
+      writers.write(0, _flat_eval(start_eval), split="eval")
+      status.record_eval(0, start_eval)
+      _say("Before training: " + reporting.format_eval_report(start_eval, step=0))
     while step < plan.total_steps:
       with timer.waiting_for_data():
         try:
