@@ -357,7 +357,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if is_main:
     (workdir / "config.json").write_text(json.dumps(config_dict, indent=1))
 
+  last_saved_step = start_step if resume_step is not None else -1
+
   def save_checkpoint(step: int, data_state, metrics=None) -> None:
+    nonlocal last_saved_step
+    if step == last_saved_step:
+      return
+    last_saved_step = step
     metadata = {"run_id": run_id, "best_exact_accuracy": best_exact, "best_step": best_step,
                 "total_steps": plan.total_steps}
     with timer.excluded():
@@ -463,8 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         host = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
         if not _finite(host):
           continue  # the log check above raises with the full message at the next log step
-        if checkpointer.latest_good_step() != step and (checkpointer._pending_step != step):  # noqa: SLF001
-          save_checkpoint(step, data_state)
+        save_checkpoint(step, data_state)
       if preempted:
         end_state = "stopped"
         end_message = (f"Stopped by {guard.received or 'a signal'} at step {step}; checkpoint saved in "
