@@ -177,9 +177,10 @@ class Carry:
 
 def initial_carry(cfg: ModelConfig, batch_size: int) -> Carry:
   """Every row starts halted, so the first call resets it and takes the batch's row."""
-  z = jnp.zeros((batch_size, cfg.total_len, cfg.hidden_size), cfg.dtype)
+  # Two separate buffers: one array in both fields could not be donated to the jitted train step.
+  z_shape = (batch_size, cfg.total_len, cfg.hidden_size)
   return Carry(
-      z_H=z, z_L=z,
+      z_H=jnp.zeros(z_shape, cfg.dtype), z_L=jnp.zeros(z_shape, cfg.dtype),
       steps=jnp.zeros((batch_size,), jnp.int32),
       halted=jnp.ones((batch_size,), bool),
       current_data={
