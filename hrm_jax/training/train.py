@@ -472,7 +472,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         save_checkpoint(step, data_state)
       if preempted:
         end_state = "stopped"
-        end_message = (f"Stopped by {guard.received or 'a signal'} at step {step}; checkpoint saved in "
+        signal_name = guard.received[0] if guard.received else "a signal"  # not the list's repr
+        end_message = (f"Stopped by {signal_name} at step {step}; checkpoint saved in "
                        f"{checkpointer.directory}. Run the same command again to resume exactly here.")
         break
       if stop_early:
