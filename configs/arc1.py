@@ -17,4 +17,5 @@ def get_config(variant: str = ""):
   c.epochs = 100000
   c.eval.every_epochs = 10000
   c.eval.subset_size = 4096
+  c.eval.evaluator = "arc"  # pass@k with the original's augmentation voting on full evaluations
   return _paper.finish(c, variant, "arc1", "data/arc1-smoke", "arc --source arc-agi-1 --num-aug 1 --seed 0")

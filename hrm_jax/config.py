@@ -81,7 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.halt_max_steps = 0  # > 0: more segments than training (inference-time scaling)
   c.eval.early_stop_patience = 0  # > 0: stop after N full evaluations without a better exact accuracy
   c.eval.at_start = False  # also evaluate before the first step (shows where training starts from)
-  c.eval.save_predictions = False  # write predictions of each full evaluation to workdir/predictions/
+  c.eval.save_predictions = False
+  c.eval.evaluator = "exact"  # "exact" | "arc" (adds the original's ARC voting pass@k; saves predictions)  # write predictions of each full evaluation to workdir/predictions/
 
   # ---- checkpoints -----------------------------------------------------------------------------------
   c.checkpoint = ml_collections.ConfigDict()

@@ -270,6 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if gbs % num_devices or (gbs // config.grad_accum_steps) * config.grad_accum_steps != gbs:
     raise TrainingError(f"global_batch_size={gbs} must be divisible by the {num_devices} devices and by "
                         f"grad_accum_steps={config.grad_accum_steps}.")
+  if config.eval.evaluator not in ("exact", "arc"):
+    raise TrainingError(f"eval.evaluator={config.eval.evaluator!r} is not one of 'exact', 'arc'.")
   eval_bs = config.eval.batch_size or gbs
   if eval_bs % num_devices:
     raise TrainingError(f"eval.batch_size={eval_bs} must be divisible by the {num_devices} devices.")
@@ -305,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       process_count=process_count, worker_count=config.data_workers)
   run_id = reporting.new_run_id()
   best_exact, best_step = None, None
+  resumed_metadata: dict[str, Any] = {}
   resume_step = checkpointer.latest_good_step()
   if resume_step is not None:
     # Refuse a resume that changes what is trained before touching any array.
@@ -315,6 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     restored = checkpointer.restore(abstract_with_shardings)
     state = restored.state
     train_iter.set_state(restored.data_state)
+    resumed_metadata = restored.metadata
     run_id = restored.metadata.get("run_id", run_id)
     best_exact = restored.metadata.get("best_exact_accuracy")
     best_step = restored.metadata.get("best_step")
@@ -365,7 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       return
     last_saved_step = step
     metadata = {"run_id": run_id, "best_exact_accuracy": best_exact, "best_step": best_step,
-                "total_steps": plan.total_steps}
+                "total_steps": plan.total_steps, "best_fast_exact_accuracy": best_fast,
+                "last_full_step": last_full_step, "evals_without_improvement": evals_without_improvement}
     with timer.excluded():
       checkpointer.save(step, state, data_state=data_state, config=config_dict, metadata=metadata,
                         metrics=metrics)
@@ -376,9 +381,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   prefetcher = _Prefetcher(train_iter)
   batches = iter(prefetcher)
   last_full: dict[str, Any] | None = None
-  best_fast = -1.0
-  last_full_step = start_step
-  evals_without_improvement = 0
+  # Saved with every checkpoint, so that a resumed run evaluates, and stops early, at the same steps as an
+  # uninterrupted one.
+  best_fast = resumed_metadata.get("best_fast_exact_accuracy", -1.0)
+  last_full_step = resumed_metadata.get("last_full_step", start_step)
+  evals_without_improvement = resumed_metadata.get("evals_without_improvement", 0)
   data_state = None
   last_metrics = None
   step = start_step
@@ -443,8 +450,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
               progress.write(f"step {step}: fast eval ({subset} examples) exact accuracy "
                              f"{fast['exact_accuracy']:.2%}, token accuracy {fast['accuracy']:.2%}")
           if run_full:
-            save_to = (workdir / "predictions" / f"step_{step}.npz") if config.eval.save_predictions else None
+            wants_predictions = config.eval.save_predictions or config.eval.evaluator == "arc"
+            save_to = (workdir / "predictions" / f"step_{step}.npz") if wants_predictions else None
             full = run_eval(None, save_to)
+            if config.eval.evaluator == "arc" and is_main:
+              full.update(_arc_metrics(save_to, data_dir))
             last_full, last_full_step = full, step
             writers.write(step, _flat_eval(full), split="eval")
             status.record_eval(step, full)
@@ -495,6 +505,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       writers.close()
     _say(end_message)
   return last_full or {}
+
+
+def _arc_metrics(predictions_path: pathlib.Path, data_dir: pathlib.Path) -> dict[str, float]:
+  from hrm_jax.training import arc_eval  # pylint: disable=import-outside-toplevel
+  with np.load(predictions_path) as npz:
+    predictions = {k: npz[k] for k in npz.files}
+  return arc_eval.arc_pass_at_k(predictions, data_format.load_identifiers(data_dir))
 
 
 def _flat_eval(summary: dict[str, Any]) -> dict[str, float]:
