@@ -813,6 +813,7 @@ DEFAULT_BAR_METRICS = (
     ("loss", "loss", False), ("lm_loss", "loss", False),
     ("exact_accuracy", "exact_acc", True), ("exact_acc", "exact_acc", True),
     ("accuracy", "acc", True),
+    ("data_wait_fraction", "data wait", True),
 )
 
 

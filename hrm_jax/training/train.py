@@ -431,8 +431,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                       samples_per_s=(timer.smoothed_steps_per_s or 0) * gbs or None,
                       data_wait_fraction=stats.data_wait_fraction if stats else None)
         if progress is not None:
-          progress.update(step, {"loss": host["loss"], "exact_acc": host.get("exact_accuracy", 0.0)},
-                          steps_per_s=timer.smoothed_steps_per_s)
+          shown = {"loss": host["loss"], "exact_acc": host.get("exact_accuracy", 0.0)}
+          if stats is not None:
+            shown["data_wait_fraction"] = stats.data_wait_fraction
+          progress.update(step, shown, steps_per_s=timer.smoothed_steps_per_s)
 
       # -- evaluation ------------------------------------------------------------------------------------
       stop_early = False
