@@ -9,6 +9,7 @@ on full evaluations, at the end, and on SIGTERM/SIGINT).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -92,6 +93,35 @@ def resolve_data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
           f"`python -m hrm_jax.data.build {{sudoku,maze,arc}} --output-dir {data_dir}`, or fix "
           "--config.data_dir.")
   return data_dir
+
+# Training data is fingerprinted by files up to this size in full, larger ones by evenly spaced blocks.
+_FULL_HASH_BYTES = 16 << 20
+_SAMPLED_BLOCKS = 256
+_BLOCK_BYTES = 64 << 10
+
+
+def dataset_identity(data_dir: pathlib.Path, meta: data_format.DatasetMetadata) -> dict[str, Any]:
+  """What a resumed run must find unchanged in its training data; saved as `dataset` in the run's config.
+
+  The fingerprint covers identifiers.json and every train-split file (name, size, content; files over 16 MiB
+  by 256 blocks of 64 KiB, so a start costs milliseconds even for gigabytes). The test split may change.
+  """
+  digest = hashlib.sha256()
+  for path in [data_dir / data_format.IDENTIFIERS_FILE] + sorted((data_dir / "train").iterdir()):
+    if not path.is_file():
+      continue
+    size = path.stat().st_size
+    digest.update(f"{path.name}:{size}\n".encode())
+    with open(path, "rb") as f:
+      if size <= _FULL_HASH_BYTES:
+        digest.update(f.read())
+        continue
+      for block in range(_SAMPLED_BLOCKS):
+        f.seek(block * (size - _BLOCK_BYTES) // (_SAMPLED_BLOCKS - 1))
+        digest.update(f.read(_BLOCK_BYTES))
+  return {"vocab_size": meta.vocab_size, "seq_len": meta.seq_len,
+          "num_puzzle_identifiers": meta.num_puzzle_identifiers, "total_groups": meta.total_groups,
+          "train_fingerprint": digest.hexdigest()[:16]}
 
 
 def model_config_from(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadata) -> ModelConfig:
@@ -288,6 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   abstract_state = jax.eval_shape(init_fn)
   shardings = state_shardings(mesh, abstract_state)
   config_dict = json.loads(config.to_json_best_effort())
+  # Derived, not a setting: data_dir may change on resume (a dataset moved), the training data may not.
+  config_dict["dataset"] = dataset_identity(data_dir, train_meta)
   _say(f"hrm_jax: {cfg.H_layers}+{cfg.L_layers} layers, hidden {cfg.hidden_size}, {cfg.forward_dtype}, "
        f"{sum(x.size for x in jax.tree.leaves(abstract_state.params)):,} parameters "
        f"(+ puzzle table {cfg.num_puzzle_identifiers}x{cfg.puzzle_emb_ndim}); {num_devices} device(s), "
@@ -311,8 +343,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   resume_step = checkpointer.latest_good_step()
   if resume_step is not None:
     # Refuse a resume that changes what is trained before touching any array.
-    ckpt_lib.check_resume_compatible(checkpointer.saved_config(resume_step), config_dict,
-                                     config_lib.RESUME_SAFE_KEYS)
+    saved_config = checkpointer.saved_config(resume_step)
+    saved_config.setdefault("dataset", config_dict["dataset"])  # saved before datasets were recorded
+    try:
+      ckpt_lib.check_resume_compatible(saved_config, config_dict, config_lib.RESUME_SAFE_KEYS)
+    except ckpt_lib.ResumeConfigError as e:
+      if not any(k.startswith("dataset.") for k in e.keys):
+        raise
+      raise ckpt_lib.ResumeConfigError(
+          f"{e}\nThe dataset.* keys describe the training data in {data_dir}, not settings: point "
+          "--config.data_dir at the dataset this run was trained on.", e.keys) from None
     abstract_with_shardings = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
     restored = checkpointer.restore(abstract_with_shardings)
