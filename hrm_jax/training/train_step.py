@@ -140,5 +140,5 @@ def reduce_train_metrics(metric_sums: dict[str, jax.Array], global_batch_size: i
       out[name] = value / jnp.maximum(count, 1.0)
   out["loss"] = (metric_sums["lm_loss"] + 0.5 * (metric_sums["q_halt_loss"]
                                                  + metric_sums.get("q_continue_loss", 0.0))) / global_batch_size
-  out["grad_norm"] = optax.global_norm(grads)
+  out["grad_norm"] = optax.tree.norm(grads)
   return out
