@@ -139,6 +139,7 @@ def _open_for_writing(path: pathlib.Path, mode: str, what: str):
 # --------------------------------------------------------------------------------------------------
 
 _RESERVED_JSONL_KEYS = ("step", "time", "split")
+JSONL_SPLITS = ("train", "eval", "eval_fast")
 
 
 class JsonlWriter:
@@ -164,9 +165,11 @@ class JsonlWriter:
 
   def write(self, step: int, metrics: Mapping[str, Any], split: str = "train", *,
             wall_time: float | None = None) -> None:
-    """Appends one line for `step`; `split` is "train" or "eval"; metric values become plain floats."""
-    if split not in ("train", "eval"):
-      raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    """Appends one line for `step`; `split` is "train", "eval" or "eval_fast" (the training loop's fixed
+    evaluation subset); metric values become plain floats."""
+    if split not in JSONL_SPLITS:
+      raise ValueError(f"split must be 'train' or 'eval' (or 'eval_fast', the fast evaluation subset), got "
+                       f"{split!r}")
     clash = [k for k in metrics if k in _RESERVED_JSONL_KEYS]
     if clash:
       raise ValueError(f"metric names {clash} collide with the JSONL record keys {_RESERVED_JSONL_KEYS}")
