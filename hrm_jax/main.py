@@ -16,16 +16,24 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _innermost_message(error: BaseException) -> str:
+  # ml_collections wraps the KeyError of an unknown key in an AttributeError; str() of a KeyError is its
+  # repr (escaped quotes, a literal \n), so take the innermost message text itself.
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+  return " ".join(text.split())
+
+
 def _parse_flags(argv):
   """absl flag parsing with config-override mistakes reported in one line (no traceback)."""
   try:
     return flags.FLAGS(argv)
   except (KeyError, AttributeError, TypeError, ValueError, flags.Error) as e:
-    text = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace("\n", " ")
     bad = [a for a in argv[1:] if a.startswith("--config.")]
-    print(f"error: bad config override {bad or argv[1:]}: {text}\n"
-          "Settings are --config.<key>=<value> with keys as in the config file "
-          "(see hrm_jax/config.py for every key).", file=sys.stderr)
+    print(f"error: bad config override {' '.join(bad or argv[1:])}: {_innermost_message(e)} (settings are "
+          "--config.<key>=<value> with keys as in the config file; hrm_jax/config.py lists every key)",
+          file=sys.stderr)
     sys.exit(2)
 
 
