@@ -357,7 +357,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
     restored = checkpointer.restore(abstract_with_shardings)
     state = restored.state
-    train_iter.set_state(restored.data_state)
+    try:
+      train_iter.set_state(restored.data_state)
+    except ValueError as e:  # a checkpoint from before datasets were recorded, on other data
+      raise TrainingError(f"{e} (data_dir={data_dir})") from None
     resumed_metadata = restored.metadata
     run_id = restored.metadata.get("run_id", run_id)
     best_exact = restored.metadata.get("best_exact_accuracy")
