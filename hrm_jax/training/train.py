@@ -397,7 +397,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   writers = reporting.make_writers(workdir, tensorboard=config.log.tensorboard,
                                    wandb_project=config.log.wandb_project or None, run_id=run_id,
                                    config=config_dict) if is_main else reporting.MultiWriter([])
-  status = reporting.StatusFile(workdir / "status.json", run_id=run_id, total_steps=plan.total_steps)
+  # status.json has one writer: other processes (each with its own run id on a fresh start) keep their own file.
+  status = reporting.StatusFile(workdir / ("status.json" if is_main else f".status.process{process_index}.json"),
+                                run_id=run_id, total_steps=plan.total_steps)
   progress = reporting.ProgressBar(plan.total_steps, initial_step=start_step) if (
       is_main and config.log.progress_bar) else None
   timer = reporting.StepTimer(gbs)
