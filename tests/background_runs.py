@@ -70,7 +70,8 @@ class Run:
     result = self.wait()
     status = (f"killed after {self.timeout_s:.0f} s" if result.returncode is None
               else f"exit {result.returncode}")
-    return f"--- {self.name} ({status})\nstdout tail:\n{result.stdout[-2000:]}\nstderr tail:\n{result.stderr[-3000:]}"
+    return (f"--- {self.name} ({status})\nstdout tail:\n{result.stdout[-2000:]}\n"
+            f"stderr tail:\n{result.stderr[-3000:]}")
 
 
 def wait_all(runs: list[Run]) -> list[Result]:

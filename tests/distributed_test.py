@@ -108,11 +108,14 @@ def test_two_processes_train_like_one(runs):
   stdouts = _finished(runs, "process0", "process1")
   for i, stdout in enumerate(stdouts):
     assert f"process {i}/2, 1 local / 2 global devices" in stdout
-    # Each process evaluated its half of every batch; the summary is over the whole split on both.
   want, want_summary = _reference(runs)
   workdir = runs["process0"][1]
   worst = _assert_same_training(_train_metrics(workdir), want)
-  for stdout in stdouts:
+  for stdout in stdouts:  # each process evaluated its half of every batch; both report the whole split
     _assert_same_evaluation(_final_summary(stdout), want_summary)
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
+  # status.json is process 0's alone (every process draws its own run id on a fresh start).
+  run_id = stdouts[0].split("Started run ", 1)[1].split()[0]
+  status = json.loads((workdir / "status.json").read_text())
+  assert status["run_id"] == run_id and status["state"] == "finished"
   print(f"2 processes vs 1: worst relative difference of loss / grad_norm over {NUM_STEPS} steps {worst:.1e}")
