@@ -41,7 +41,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 12  # 2N; about 5 epochs of the tiny dataset, so the data iterator crosses epoch boundaries
-KILL_SEED = 20240611
+KILL_SEED = int(os.environ.get("HRM_KILL_SEED", "20240611"))  # set another to soak-test the kill points
 RUN_TIMEOUT_S = 240
 
 # The command every run of the tiny model uses (on top of configs/demo.py:smoke and --config.data_dir).
@@ -304,7 +304,7 @@ def test_sigkill_three_times_ends_bitwise_equal_to_uninterrupted_run(reference, 
 
   # Kill 1: a random instant after start (start-up, compilation or the first steps).
   run = start()
-  time.sleep(rng.uniform(0.3, 3.0))
+  time.sleep(rng.uniform(0.3, 4.5))
   run.kill()
   run.wait()
   kills.append(("timed", run.proc.returncode, committed_steps(workdir)))
@@ -312,20 +312,24 @@ def test_sigkill_three_times_ends_bitwise_equal_to_uninterrupted_run(reference, 
   # Kill 2: a random moment after this process has logged a random number of steps (inside the loop).
   logged_before = len(logged_steps(workdir))
   run = start()
-  count = rng.randint(1, 3)
+  count = rng.randint(2, 5)
   run.wait_until(lambda: len(logged_steps(workdir)) - logged_before >= count, f"{count} more steps")
   time.sleep(rng.uniform(0.0, 0.3))
   run.kill()
   run.wait()
   kills.append(("after step", run.proc.returncode, committed_steps(workdir)))
 
-  # Kill 3: while an async save is in flight. A temporary directory that still exists after the process
-  # is dead existed at the instant of the kill (only the dead process could have renamed it).
+  # Kill 3: while an async save is in flight, once a random step is committed (so the final run resumes
+  # from the middle). A temporary directory that still exists after the process is dead existed at the
+  # instant of the kill (only the dead process could have renamed it).
   in_flight = None
+  committed_target = rng.randint(4, 9)
   for _ in range(5):
     stale = set(save_dirs_in_flight(workdir))  # left by an earlier kill; the restart removes them
     run = start()
-    run.wait_until(lambda: set(save_dirs_in_flight(workdir)) - stale, "a save in flight")
+    run.wait_until(lambda: max(committed_steps(workdir), default=0) >= committed_target
+                   and set(save_dirs_in_flight(workdir)) - stale,
+                   f"a save in flight after step {committed_target}")
     run.kill()
     run.wait()
     left = sorted(set(save_dirs_in_flight(workdir)) - stale)
