@@ -60,6 +60,20 @@ def summarize(metric_sums: dict[str, np.ndarray], num_batches: int) -> dict[str,
   return summary
 
 
+def _whole_batch_on_host(local_rows: dict[str, np.ndarray], predictions: dict[str, jax.Array]
+                         ) -> dict[str, np.ndarray]:
+  """This batch's rows and predictions as numpy; with several processes, the whole global batch.
+
+  Each process holds only its slice of the rows, and predictions span devices it cannot read, so both are
+  gathered across processes (rows concatenated in process order, the global batch's order).
+  """
+  if jax.process_count() == 1:
+    return {**local_rows, **jax.device_get(predictions)}
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return {**multihost_utils.process_allgather(local_rows, tiled=True),
+          **multihost_utils.process_allgather(predictions, tiled=True)}
+
+
 def evaluate(eval_fn: Callable, state, batches: Iterable[dict[str, np.ndarray]], *,
              put_batch: Callable[[dict], dict] = lambda b: b,
              save_predictions_to: pathlib.Path | None = None) -> dict[str, Any]:
@@ -76,14 +90,16 @@ def evaluate(eval_fn: Callable, state, batches: Iterable[dict[str, np.ndarray]],
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     num_batches += 1
     if save_predictions_to is not None:
-      host = jax.device_get(predictions)
-      keep = np.asarray(batch.get("valid", np.ones(len(batch["inputs"]), bool)))
-      for name, value in {**{k: batch[k] for k in hrm.DATA_KEYS}, **host}.items():
+      rows = {k: np.asarray(batch[k]) for k in hrm.DATA_KEYS}
+      rows["valid"] = np.asarray(batch.get("valid", np.ones(len(batch["inputs"]), bool)))
+      host = _whole_batch_on_host(rows, predictions)
+      keep = host.pop("valid")
+      for name, value in host.items():
         saved.setdefault(name, []).append(np.asarray(value)[keep])
   if sums is None:
     raise ValueError("The evaluation split yielded no batches; check the dataset's test split.")
   summary = summarize(jax.device_get(sums), num_batches)
-  if save_predictions_to is not None:
+  if save_predictions_to is not None and jax.process_index() == 0:
     save_predictions_to.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(save_predictions_to, **{k: np.concatenate(v) for k, v in saved.items()})
   return summary
