@@ -13,6 +13,7 @@ import json
 import pathlib
 import socket
 
+import numpy as np
 import pytest
 
 import background_runs
@@ -77,6 +78,19 @@ def _reference(runs):
   return _train_metrics(runs["one_device"][1]), _final_summary(stdout)
 
 
+def _assert_same_predictions(workdir: pathlib.Path, reference_workdir: pathlib.Path) -> None:
+  """eval.save_predictions: every test example once, in order, with the same predictions as one device."""
+  name = f"predictions/step_{NUM_STEPS}.npz"
+  with np.load(workdir / name) as got, np.load(reference_workdir / name) as want:
+    assert sorted(got.files) == sorted(want.files)
+    assert len(want["inputs"]) == sum(tiny_data.TEST_SET_SIZES.values())
+    for key in want.files:
+      if key == "q_halt_logits":
+        np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=1e-6)
+      else:
+        np.testing.assert_array_equal(got[key], want[key])
+
+
 def _assert_same_training(got: dict[int, dict], want: dict[int, dict]) -> float:
   worst = 0.0
   for step, line in want.items():
@@ -101,6 +115,7 @@ def test_eight_devices_train_like_one(runs):
   assert "8 local / 8 global devices" in stdout
   worst = _assert_same_training(_train_metrics(runs["eight_devices"][1]), want)
   _assert_same_evaluation(_final_summary(stdout), want_summary)
+  _assert_same_predictions(runs["eight_devices"][1], runs["one_device"][1])
   print(f"8 devices vs 1: worst relative difference of loss / grad_norm over {NUM_STEPS} steps {worst:.1e}")
 
 
@@ -113,6 +128,7 @@ def test_two_processes_train_like_one(runs):
   worst = _assert_same_training(_train_metrics(workdir), want)
   for stdout in stdouts:  # each process evaluated its half of every batch; both report the whole split
     _assert_same_evaluation(_final_summary(stdout), want_summary)
+  _assert_same_predictions(workdir, runs["one_device"][1])  # gathered from both processes, written once
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
   # status.json is process 0's alone (every process draws its own run id on a fresh start).
   run_id = stdouts[0].split("Started run ", 1)[1].split()[0]

@@ -24,7 +24,8 @@ from hrm_jax.config import base_config  # pylint: disable=wrong-import-position
 
 
 def tiny_run_config(data_dir: str) -> ml_collections.ConfigDict:
-  """20 steps of a tiny model with a puzzle table, ACT exploration, a full evaluation and checkpoints."""
+  """20 steps of a tiny model with a puzzle table, ACT exploration, checkpoints, and a full evaluation whose
+  predictions are saved."""
   c = base_config()
   c.data_dir = data_dir
   c.model.hidden_size = 32
@@ -42,6 +43,7 @@ def tiny_run_config(data_dir: str) -> ml_collections.ConfigDict:
   c.eval.subset_size = 0
   c.eval.full_every_steps = 0
   c.eval.batch_size = 16
+  c.eval.save_predictions = True
   c.checkpoint.every_steps = 10
   c.log.every_steps = 1
   c.log.tensorboard = False
