@@ -271,7 +271,10 @@ def config(data_dir) -> ml_collections.ConfigDict:
 def reference(scratch, env, data_dir) -> pathlib.Path:
   """The uninterrupted run: TOTAL_STEPS steps, a checkpoint after every one."""
   run = Run(env, scratch / "reference", data_dir, TINY)
-  assert run.wait() == 0, run.output
+  try:
+    assert run.wait() == 0, run.output
+  finally:
+    run.kill()  # only if it hung
   assert committed_steps(run.workdir) == list(range(1, TOTAL_STEPS + 1))
   assert logged_steps(run.workdir) == list(range(1, TOTAL_STEPS + 1))
   return run.workdir
