@@ -7,7 +7,8 @@ r"""Convert HRM checkpoints between the original PyTorch format and hrm_jax.
 
 `--seq-len` is needed for RoPE checkpoints (it comes from the dataset); `--set key=value` overrides config
 fields that shapes and all_config.yaml cannot tell (num_heads, expansion, H_cycles, L_cycles, halt_max_steps,
-...), or sets hrm_jax-only fields such as attention_impl. Exit status 0 on success, 1 on any error.
+...), or sets hrm_jax-only fields such as attention_impl. Exit status: 0 on success, 1 when the conversion
+fails (one-line message), 2 for a malformed command line.
 """
 
 from __future__ import annotations
