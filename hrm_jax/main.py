@@ -31,6 +31,10 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except (KeyError, AttributeError, TypeError, ValueError, flags.Error) as e:
     bad = [a for a in argv[1:] if a.startswith("--config.")]
+    if not bad or isinstance(e, flags.IllegalFlagValueError) and "--config." not in str(e):
+      print(f"error: {_innermost_message(e)}\nUsage: python -m hrm_jax.main --config=configs/<task>.py[:variant] "
+            "--workdir=DIR [--config.key=value ...]", file=sys.stderr)
+      sys.exit(2)
     print(f"error: bad config override {' '.join(bad or argv[1:])}: {_innermost_message(e)} (settings are "
           "--config.<key>=<value> with keys as in the config file; hrm_jax/config.py lists every key)",
           file=sys.stderr)
