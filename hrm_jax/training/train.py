@@ -353,6 +353,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       raise ckpt_lib.ResumeConfigError(
           f"{e}\nThe dataset.* keys describe the training data in {data_dir}, not settings: point "
           "--config.data_dir at the dataset this run was trained on.", e.keys) from None
+    saved_total = (saved_config.get("num_steps"), saved_config.get("epochs"))
+    if saved_total != (config.num_steps, config.epochs) and config.optimizer.lr_min_ratio != 1.0:
+      _say("Note: the run length changed since the checkpoint, and the cosine schedule (lr_min_ratio "
+           f"{config.optimizer.lr_min_ratio}) is stretched to the new length, so this run will not match an "
+           "uninterrupted run of either length.")
     abstract_with_shardings = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
     restored = checkpointer.restore(abstract_with_shardings)
