@@ -388,7 +388,8 @@ def _summary_ms(seconds: list[float]) -> dict[str, float]:
 
 
 def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup: int,
-            torch_device: torch.device, torch_compile: bool, schedule: str = "alternate", seed: int = 0) -> dict[str, Any]:
+            torch_device: torch.device, torch_compile: bool, schedule: str = "alternate",
+            seed: int = 0) -> dict[str, Any]:
   """Times one of `train` / `eval` for both frameworks; returns the result row (times in ms)."""
   batches = make_batches(cfg, batch_size, NUM_BATCHES, seed)
   if what == "train":
@@ -493,9 +494,13 @@ def format_table(report: dict[str, Any]) -> str:
     if report["torch_compile"]:
       line += f" {row['torch_compile_ms']:>16.2f} {row['ratio_torch_compile']:>6.2f}"
     lines.append(line)
-  lines.append("ratio = torch ms / hrm_jax ms (> 1: hrm_jax faster); medians over "
-               f"{report['steps']} {'alternated' if report['schedule'] == 'alternate' else 'consecutive'} calls after {report['warmup']} warm-up calls; load = 1-min "
-               "load average before/after; jax compile = trace+lower+XLA compile, not in the medians")
+  order = "alternated" if report["schedule"] == "alternate" else "consecutive"
+  lines.append(f"ratio = torch ms / hrm_jax ms (> 1: hrm_jax faster); medians over {report['steps']} {order} "
+               f"calls after {report['warmup']} warm-up calls; load = 1-min load average before/after; jax "
+               "compile = trace+lower+XLA compile, not in the medians")
+  if report["torch_compile"]:
+    lines.append("torch.compile first call (compilation included), s: " + ", ".join(
+        f"{row['what']} {row['torch_compile_first_call_s']:.1f}" for row in report["results"]))
   return "\n".join(lines)
 
 
@@ -541,8 +546,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     row = dict(config=args.config, forward_dtype=cfg.forward_dtype, batch=batch_size, device=device_label,
                threads=threads, **row)
     report["results"].append(row)
-    print(f"  done: {args.config} {what} (hrm_jax {row['hrm_jax_ms']:.2f} ms, torch {row['torch_ms']:.2f} ms)",
-          file=sys.stderr)
+    print(f"  done: {args.config} {what} (hrm_jax {row['hrm_jax_ms']:.2f} ms, torch {row['torch_ms']:.2f} "
+          "ms)", file=sys.stderr)
+    load = max(row["load_avg_before"], row["load_avg_after"])
+    if not jax_on_gpu and load > (os.cpu_count() or 1):
+      print(f"benchmark: warning: load average {load:.1f} exceeds the machine's "
+            f"{os.cpu_count()} cores: other processes took CPU time, so these timings are unreliable "
+            "(torch's OpenMP threads suffer most from oversubscribed cores; compare with --threads 1).",
+            file=sys.stderr)
   print(format_table(report))
   if args.json:
     path = pathlib.Path(args.json)
