@@ -218,7 +218,9 @@ class JaxTrain:
     dense_opt = optim.make_dense_optimizer(schedule(LR), b1=BETAS[0], b2=BETAS[1],
                                            weight_decay=WEIGHT_DECAY)
     self.state = jax.jit(lambda: create_train_state(cfg, dense_opt, batch_size, seed))()
-    self.initial_weights = jax.device_get((self.state.params, self.state.buffers, self.state.puzzle_table))
+    # Host copies (not views of buffers that the first step donates).
+    self.initial_weights = jax.tree.map(
+        np.array, jax.device_get((self.state.params, self.state.buffers, self.state.puzzle_table)))
     step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size,
                           puzzle_emb_weight_decay=PUZZLE_EMB_WEIGHT_DECAY)
     jitted = jax.jit(make_train_step(step_cfg, dense_opt, schedule(PUZZLE_EMB_LR)), donate_argnums=0)
