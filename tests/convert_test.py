@@ -367,3 +367,35 @@ def test_cli_error_messages(f32_fixture, tmp_path, capsys):
   npz_file.save_npz(out, params, converted.buffers, converted.puzzle_table, converted.model_config)
   code, err = _cli(capsys, "to-torch", out, "--output", tmp_path / "step_0")
   assert code == 1 and "q_head.bias: (3,) (expected (2,))" in err
+
+
+def test_to_torch_from_an_hrm_jax_run_directory(f32_fixture, tmp_path):
+  """A run's checkpoint converts to a state_dict the original loads strictly, bit for bit."""
+  from hrm_jax.model.losses import LossConfig  # pylint: disable=g-import-not-at-top
+  from hrm_jax.training import checkpoint, optim  # pylint: disable=g-import-not-at-top
+  from hrm_jax.training.train_step import create_train_state  # pylint: disable=g-import-not-at-top
+  converted = _load(f32_fixture)
+  cfg = converted.model_config
+  state = create_train_state(cfg, optim.adam_atan2(1e-3), batch_size=4, seed=0)
+  state = state.replace(params=jax.tree.map(jax.numpy.asarray, converted.params),
+                        buffers=jax.tree.map(jax.numpy.asarray, converted.buffers),
+                        puzzle_table=jax.numpy.asarray(converted.puzzle_table))
+  model_fields = {k: v for k, v in cfg.to_dict().items()
+                  if k not in ("vocab_size", "seq_len", "num_puzzle_identifiers")}
+  config = {"model": model_fields, "loss": {"loss_type": LossConfig().loss_type},
+            "dataset": {"vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len,
+                        "num_puzzle_identifiers": cfg.num_puzzle_identifiers}}
+  with checkpoint.Checkpointer(tmp_path / "run" / "checkpoints", async_save=False) as ckpt:
+    ckpt.save(7, state, data_state={}, config=config, metadata={"run_id": "test"})
+  output = tmp_path / "step_7"
+  assert convert_cli.main(["to-torch", str(tmp_path / "run"), "--output", str(output)]) == 0
+  written = torch.load(output, map_location="cpu", weights_only=True)
+  _assert_bitwise_equal(written, _original(f32_fixture))
+  head = hrm_torch.build_loss_head(_model_cfg(f32_fixture))
+  hrm_torch.load_into_loss_head(head, written)
+
+
+def test_to_torch_from_a_directory_without_checkpoints_is_a_one_line_error(tmp_path, capsys):
+  (tmp_path / "empty").mkdir()
+  assert convert_cli.main(["to-torch", str(tmp_path / "empty"), "--output", str(tmp_path / "x")]) == 1
+  assert "no finished hrm_jax checkpoint" in capsys.readouterr().err

@@ -48,13 +48,41 @@ def to_jax(args: argparse.Namespace) -> None:
   print(f"wrote {out}")
 
 
+def _load_run(path: pathlib.Path) -> npz_file.NpzCheckpoint:
+  """Weights of the newest good checkpoint of an hrm_jax run (its workdir or its checkpoints/ directory)."""
+  from hrm_jax.model.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from hrm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+  reader = checkpoint.Checkpointer(directory, async_save=False)
+  try:
+    step = reader.latest_good_step()
+    if step is None:
+      raise torch_checkpoint.CheckpointConversionError(
+          f"{path} holds no finished hrm_jax checkpoint; pass a run's workdir or its checkpoints/ directory.")
+    weights = reader.restore_weights(step)
+    saved = reader.saved_config(step)
+  finally:
+    reader.close()
+  dataset = saved.get("dataset") or {}
+  missing = [k for k in ("vocab_size", "seq_len", "num_puzzle_identifiers") if k not in dataset]
+  if missing:
+    raise torch_checkpoint.CheckpointConversionError(
+        f"the run's saved config lacks dataset fields {missing}; it was written by an older hrm_jax.")
+  cfg = ModelConfig.from_dict({**saved["model"], **{k: dataset[k] for k in
+                                                    ("vocab_size", "seq_len", "num_puzzle_identifiers")}})
+  print(f"read step {step} of {directory}")
+  return npz_file.NpzCheckpoint(params=weights["params"], buffers=weights["buffers"],
+                                puzzle_table=weights["puzzle_table"], model_config=cfg,
+                                loss_type=(saved.get("loss") or {}).get("loss_type"))
+
+
 def to_torch(args: argparse.Namespace) -> None:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError("Writing a torch checkpoint needs PyTorch: pip install torch (the CPU build is enough).") \
         from e
-  model = npz_file.load_npz(args.input)
+  model = _load_run(pathlib.Path(args.input)) if pathlib.Path(args.input).is_dir() else npz_file.load_npz(args.input)
   cfg = model.model_config
   try:
     state = torch_checkpoint.to_state_dict(model.params, model.buffers, model.puzzle_table, cfg, prefix="")
@@ -85,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   jax_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field; repeatable")
   jax_cmd.set_defaults(run=to_jax)
-  torch_cmd = commands.add_parser("to-torch", help="hrm_jax .npz -> state_dict for the original")
-  torch_cmd.add_argument("input", help=".npz written by to-jax (or npz_file.save_npz)")
+  torch_cmd = commands.add_parser("to-torch", help="hrm_jax .npz or run directory -> state_dict for the original")
+  torch_cmd.add_argument("input", help=".npz written by to-jax (or npz_file.save_npz), or an hrm_jax run's workdir "
+                                       "(its newest good checkpoint is converted)")
   torch_cmd.add_argument("--output", required=True, help="file to torch.save the state_dict to, e.g. step_0")
   torch_cmd.add_argument("--prefix", default=torch_checkpoint.DEFAULT_PREFIX,
                          choices=torch_checkpoint.KNOWN_PREFIXES,

@@ -334,99 +334,106 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
                                        best_metric="exact_accuracy", best_mode="max",
                                        async_save=config.checkpoint.async_save)
-  train_iter = pipeline.make_train_iterator(
-      data_dir, global_batch_size=gbs, seed=config.seed, process_index=process_index,
-      process_count=process_count, worker_count=config.data_workers)
-  run_id = reporting.new_run_id()
-  best_exact, best_step = None, None
-  resumed_metadata: dict[str, Any] = {}
-  resume_step = checkpointer.latest_good_step()
-  if resume_step is not None:
-    # Refuse a resume that changes what is trained before touching any array.
-    saved_config = checkpointer.saved_config(resume_step)
-    saved_config.setdefault("dataset", config_dict["dataset"])  # saved before datasets were recorded
-    try:
-      ckpt_lib.check_resume_compatible(saved_config, config_dict, config_lib.RESUME_SAFE_KEYS)
-    except ckpt_lib.ResumeConfigError as e:
-      if not any(k.startswith("dataset.") for k in e.keys):
-        raise
-      raise ckpt_lib.ResumeConfigError(
-          f"{e}\nThe dataset.* keys describe the training data in {data_dir}, not settings: point "
-          "--config.data_dir at the dataset this run was trained on.", e.keys) from None
-    saved_total = (saved_config.get("num_steps"), saved_config.get("epochs"))
-    if saved_total != (config.num_steps, config.epochs) and config.optimizer.lr_min_ratio != 1.0:
-      _say("Note: the run length changed since the checkpoint, and the cosine schedule (lr_min_ratio "
-           f"{config.optimizer.lr_min_ratio}) is stretched to the new length, so this run will not match an "
-           "uninterrupted run of either length.")
-    abstract_with_shardings = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-    restored = checkpointer.restore(abstract_with_shardings)
-    state = restored.state
-    try:
-      train_iter.set_state(restored.data_state)
-    except ValueError as e:  # a checkpoint from before datasets were recorded, on other data
-      raise TrainingError(f"{e} (data_dir={data_dir})") from None
-    resumed_metadata = restored.metadata
-    run_id = restored.metadata.get("run_id", run_id)
-    best_exact = restored.metadata.get("best_exact_accuracy")
-    best_step = restored.metadata.get("best_step")
-    _say(f"Resuming run {run_id} from its checkpoint at step {restored.step} in {checkpointer.directory}")
-  else:
-    state = jax.jit(init_fn, out_shardings=shardings)()
-    if config.init_from:
-      state = load_init_weights(config.init_from, jax.device_get(state), cfg)
-      state = jax.device_put(state, shardings)
-      _say(f"Started run {run_id} from the weights in {config.init_from} (optimiser state fresh)")
+  # Until the loop's own cleanup takes over, an error must still close the checkpointer (its async
+  # threads would otherwise die noisily at interpreter exit).
+  try:
+    train_iter = pipeline.make_train_iterator(
+        data_dir, global_batch_size=gbs, seed=config.seed, process_index=process_index,
+        process_count=process_count, worker_count=config.data_workers)
+    run_id = reporting.new_run_id()
+    best_exact, best_step = None, None
+    resumed_metadata: dict[str, Any] = {}
+    resume_step = checkpointer.latest_good_step()
+    if resume_step is not None:
+      # Refuse a resume that changes what is trained before touching any array.
+      saved_config = checkpointer.saved_config(resume_step)
+      saved_config.setdefault("dataset", config_dict["dataset"])  # saved before datasets were recorded
+      try:
+        ckpt_lib.check_resume_compatible(saved_config, config_dict, config_lib.RESUME_SAFE_KEYS)
+      except ckpt_lib.ResumeConfigError as e:
+        if not any(k.startswith("dataset.") for k in e.keys):
+          raise
+        raise ckpt_lib.ResumeConfigError(
+            f"{e}\nThe dataset.* keys describe the training data in {data_dir}, not settings: point "
+            "--config.data_dir at the dataset this run was trained on.", e.keys) from None
+      saved_total = (saved_config.get("num_steps"), saved_config.get("epochs"))
+      if saved_total != (config.num_steps, config.epochs) and config.optimizer.lr_min_ratio != 1.0:
+        _say("Note: the run length changed since the checkpoint, and the cosine schedule (lr_min_ratio "
+             f"{config.optimizer.lr_min_ratio}) is stretched to the new length, so this run will not match an "
+             "uninterrupted run of either length.")
+      abstract_with_shardings = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+      restored = checkpointer.restore(abstract_with_shardings)
+      state = restored.state
+      try:
+        train_iter.set_state(restored.data_state)
+      except ValueError as e:  # a checkpoint from before datasets were recorded, on other data
+        raise TrainingError(f"{e} (data_dir={data_dir})") from None
+      resumed_metadata = restored.metadata
+      run_id = restored.metadata.get("run_id", run_id)
+      best_exact = restored.metadata.get("best_exact_accuracy")
+      best_step = restored.metadata.get("best_step")
+      _say(f"Resuming run {run_id} from its checkpoint at step {restored.step} in {checkpointer.directory}")
     else:
-      _say(f"Started run {run_id} from scratch (seed {config.seed})")
-  start_step = int(jax.device_get(state.step))
+      state = jax.jit(init_fn, out_shardings=shardings)()
+      if config.init_from:
+        state = load_init_weights(config.init_from, jax.device_get(state), cfg)
+        state = jax.device_put(state, shardings)
+        _say(f"Started run {run_id} from the weights in {config.init_from} (optimiser state fresh)")
+      else:
+        _say(f"Started run {run_id} from scratch (seed {config.seed})")
+    start_step = int(jax.device_get(state.step))
 
-  # ---------------------------------------------------------------------------------------------- compile
-  step_cfg = StepConfig(model=cfg, loss=loss_cfg, global_batch_size=gbs,
-                        puzzle_emb_weight_decay=config.optimizer.puzzle_emb_weight_decay,
-                        grad_accum_steps=config.grad_accum_steps)
-  train_step = jax.jit(make_train_step(step_cfg, dense_opt, emb_schedule),
-                       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
-                       donate_argnums=0)
-  eval_cfg = eval_lib.EvalConfig(halt_on_q=config.eval.halt_on_q,
-                                 halt_max_steps=config.eval.halt_max_steps or None)
-  eval_step = jax.jit(eval_lib.make_eval_step(cfg, loss_cfg, eval_cfg))
+    # ---------------------------------------------------------------------------------------------- compile
+    step_cfg = StepConfig(model=cfg, loss=loss_cfg, global_batch_size=gbs,
+                          puzzle_emb_weight_decay=config.optimizer.puzzle_emb_weight_decay,
+                          grad_accum_steps=config.grad_accum_steps)
+    train_step = jax.jit(make_train_step(step_cfg, dense_opt, emb_schedule),
+                         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
+                         donate_argnums=0)
+    eval_cfg = eval_lib.EvalConfig(halt_on_q=config.eval.halt_on_q,
+                                   halt_max_steps=config.eval.halt_max_steps or None)
+    eval_step = jax.jit(eval_lib.make_eval_step(cfg, loss_cfg, eval_cfg))
 
-  def run_eval(subset: int | None, save_to: pathlib.Path | None = None) -> dict[str, Any]:
-    batches = pipeline.make_eval_batches(data_dir, global_batch_size=eval_bs, subset_size=subset,
-                                         process_index=process_index, process_count=process_count)
-    return eval_lib.evaluate(eval_step, state, batches, put_batch=to_global, save_predictions_to=save_to)
+    def run_eval(subset: int | None, save_to: pathlib.Path | None = None) -> dict[str, Any]:
+      batches = pipeline.make_eval_batches(data_dir, global_batch_size=eval_bs, subset_size=subset,
+                                           process_index=process_index, process_count=process_count)
+      return eval_lib.evaluate(eval_step, state, batches, put_batch=to_global, save_predictions_to=save_to)
 
-  # ---------------------------------------------------------------------------------------------- reporting
-  is_main = process_index == 0
-  writers = reporting.make_writers(workdir, tensorboard=config.log.tensorboard,
-                                   wandb_project=config.log.wandb_project or None, run_id=run_id,
-                                   config=config_dict) if is_main else reporting.MultiWriter([])
-  # status.json has one writer: other processes (each with its own run id on a fresh start) keep their own file.
-  status = reporting.StatusFile(workdir / ("status.json" if is_main else f".status.process{process_index}.json"),
-                                run_id=run_id, total_steps=plan.total_steps)
-  progress = reporting.ProgressBar(plan.total_steps, initial_step=start_step) if (
-      is_main and config.log.progress_bar) else None
-  timer = reporting.StepTimer(gbs)
-  if is_main:
-    (workdir / "config.json").write_text(json.dumps(config_dict, indent=1))
+    # ---------------------------------------------------------------------------------------------- reporting
+    is_main = process_index == 0
+    writers = reporting.make_writers(workdir, tensorboard=config.log.tensorboard,
+                                     wandb_project=config.log.wandb_project or None, run_id=run_id,
+                                     config=config_dict) if is_main else reporting.MultiWriter([])
+    # status.json has one writer: other processes (each with its own run id on a fresh start) keep their own file.
+    status = reporting.StatusFile(workdir / ("status.json" if is_main else f".status.process{process_index}.json"),
+                                  run_id=run_id, total_steps=plan.total_steps)
+    progress = reporting.ProgressBar(plan.total_steps, initial_step=start_step) if (
+        is_main and config.log.progress_bar) else None
+    timer = reporting.StepTimer(gbs)
+    if is_main:
+      (workdir / "config.json").write_text(json.dumps(config_dict, indent=1))
 
-  last_saved_step = start_step if resume_step is not None else -1
+    last_saved_step = start_step if resume_step is not None else -1
 
-  def save_checkpoint(step: int, data_state, metrics=None) -> None:
-    nonlocal last_saved_step
-    if step == last_saved_step:
-      return
-    last_saved_step = step
-    metadata = {"run_id": run_id, "best_exact_accuracy": best_exact, "best_step": best_step,
-                "total_steps": plan.total_steps, "best_fast_exact_accuracy": best_fast,
-                "last_full_step": last_full_step, "evals_without_improvement": evals_without_improvement}
-    with timer.excluded():
-      checkpointer.save(step, state, data_state=data_state, config=config_dict, metadata=metadata,
-                        metrics=metrics)
-    status.update(force=True, latest_checkpoint=str(checkpointer.directory / str(step)))
+    def save_checkpoint(step: int, data_state, metrics=None) -> None:
+      nonlocal last_saved_step
+      if step == last_saved_step:
+        return
+      last_saved_step = step
+      metadata = {"run_id": run_id, "best_exact_accuracy": best_exact, "best_step": best_step,
+                  "total_steps": plan.total_steps, "best_fast_exact_accuracy": best_fast,
+                  "last_full_step": last_full_step, "evals_without_improvement": evals_without_improvement}
+      with timer.excluded():
+        checkpointer.save(step, state, data_state=data_state, config=config_dict, metadata=metadata,
+                          metrics=metrics)
+      status.update(force=True, latest_checkpoint=str(checkpointer.directory / str(step)))
 
-  # ---------------------------------------------------------------------------------------------- loop
+    # ---------------------------------------------------------------------------------------------- loop
+  except BaseException:
+    checkpointer.close()
+    raise
+
   guard = PreemptionGuard().install()
   prefetcher = _Prefetcher(train_iter)
   batches = iter(prefetcher)
