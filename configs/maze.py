@@ -13,12 +13,7 @@ from configs import _paper
 
 def get_config(variant: str = ""):
   c = _paper.paper_config("data/maze-30x30-hard-1k", "maze --size 30 --num-train 1000 --num-test 1000")
-  c.epochs = 20000
-  c.eval.every_epochs = 2000
+  _paper.use_small_data_recipe(c)
   c.eval.subset_size = 1000
-  c.optimizer.lr = 1e-4
-  c.optimizer.puzzle_emb_lr = 1e-4
-  c.optimizer.weight_decay = 1.0
-  c.optimizer.puzzle_emb_weight_decay = 1.0
   return _paper.finish(c, variant, "maze", "data/maze-smoke",
                        "maze --size 9 --num-train 64 --num-test 32 --seed 0")

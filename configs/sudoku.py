@@ -16,12 +16,7 @@ from configs import _paper
 def get_config(variant: str = ""):
   c = _paper.paper_config("data/sudoku-extreme-1k-aug-1000",
                           "sudoku --num-train 1000 --num-test 1000 --num-aug 1000")
-  c.epochs = 20000
-  c.eval.every_epochs = 2000  # = 2604 steps with 1000 groups at batch 768
+  _paper.use_small_data_recipe(c)
   c.eval.subset_size = 4096
-  c.optimizer.lr = 1e-4
-  c.optimizer.puzzle_emb_lr = 1e-4
-  c.optimizer.weight_decay = 1.0
-  c.optimizer.puzzle_emb_weight_decay = 1.0
   return _paper.finish(c, variant, "sudoku", "data/sudoku-smoke",
                        "sudoku --num-train 64 --num-test 32 --num-aug 1 --seed 0")
