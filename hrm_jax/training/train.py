@@ -429,11 +429,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                           metrics=metrics)
       status.update(force=True, latest_checkpoint=str(checkpointer.directory / str(step)))
 
-    # ---------------------------------------------------------------------------------------------- loop
   except BaseException:
     checkpointer.close()
     raise
 
+  # ---------------------------------------------------------------------------------------------- loop
   guard = PreemptionGuard().install()
   prefetcher = _Prefetcher(train_iter)
   batches = iter(prefetcher)
@@ -447,6 +447,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   last_metrics = None
   step = start_step
   end_state, end_message = "finished", f"Finished {plan.total_steps:,} steps."
+
+  def fetch_finite_metrics(step: int) -> dict[str, float]:
+    """The latest step's metrics on the host; a NaN/Inf loss or gradient ends the run before any save."""
+    host = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
+    if not _finite(host):
+      checkpointer.wait()  # a save still in flight may be the last good checkpoint
+      good = checkpointer.latest_good_step()
+      raise TrainingError(
+          f"The loss became NaN/Inf at or before step {step} (loss={host.get('loss')}, grad_norm="
+          f"{host.get('grad_norm')}). Nothing was saved after it; the last good checkpoint is "
+          f"{'step ' + str(good) if good is not None else 'none'} in {checkpointer.directory}. Lower "
+          "--config.optimizer.lr or set --config.optimizer.grad_clip_norm, then run the same command "
+          "to resume from it.")
+    return host
+
   try:
     if config.eval.at_start and start_step == 0:
       start_eval = run_eval(None)
@@ -468,15 +483,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       # -- logging: the only place train metrics are fetched (a host sync every log.every_steps) --------
       if step % config.log.every_steps == 0 or is_last or step == start_step + 1:
         stats = timer.sync(last_metrics)
-        host = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
-        if not _finite(host):
-          good = checkpointer.latest_good_step()
-          raise TrainingError(
-              f"The loss became NaN/Inf at or before step {step} (loss={host.get('loss')}, grad_norm="
-              f"{host.get('grad_norm')}). Nothing was saved after it; the last good checkpoint is "
-              f"{'step ' + str(good) if good is not None else 'none'} in {checkpointer.directory}. Lower "
-              "--config.optimizer.lr or set --config.optimizer.grad_clip_norm, then run the same command "
-              "to resume from it.")
+        host = fetch_finite_metrics(step)
         host["lr"] = float(lr_schedule(step - 1))
         if stats is not None:
           host.update(steps_per_s=stats.steps_per_s, samples_per_s=stats.samples_per_s,
@@ -529,15 +536,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
               end_state, end_message = "finished", (
                   f"Early stop at step {step}: {evals_without_improvement} full evaluations without a better "
                   f"exact accuracy (best {best_exact:.2%} at step {best_step}).")
-        if run_full and _finite({k: float(v) for k, v in jax.device_get(last_metrics).items()}):
+        if run_full:
+          fetch_finite_metrics(step)
           save_checkpoint(step, data_state, {"exact_accuracy": last_full["exact_accuracy"]})
 
       # -- checkpoints and preemption --------------------------------------------------------------------
       preempted = guard.should_stop(step)
       if preempted or stop_early or is_last or step % config.checkpoint.every_steps == 0:
-        host = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
-        if not _finite(host):
-          continue  # the log check above raises with the full message at the next log step
+        fetch_finite_metrics(step)
         save_checkpoint(step, data_state)
       if preempted:
         end_state = "stopped"
