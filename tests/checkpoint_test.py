@@ -371,6 +371,20 @@ def test_kill_during_async_save_leaves_previous_step(tmp_path, mode):
     assert ckpt.steps() == [1, 2]
 
 
+def test_leftovers_are_removed_before_the_constructor_returns(tmp_path):
+  # Orbax removes them in a background thread; a run that stops before its first save (a refused resume)
+  # must not leave that thread running into interpreter shutdown, and a restore must not race it.
+  leftover = tmp_path / "7.orbax-checkpoint-tmp-1234567"
+  (leftover / "state").mkdir(parents=True)
+  (tmp_path / "3").mkdir()  # not a temporary: must survive
+  ckpt = ck.Checkpointer(tmp_path)
+  try:
+    assert not leftover.exists()
+    assert (tmp_path / "3").exists()
+  finally:
+    ckpt.close()
+
+
 # ---------------------------------------------------------------------------
 # Failed saves.
 # ---------------------------------------------------------------------------

@@ -392,6 +392,12 @@ class Checkpointer:
           f"cannot open checkpoint directory {self._directory}: {e}. Fix: check"
           " that the path is writable (or choose another checkpoint directory)."
       ) from e
+    # Orbax removes the leftovers of killed saves in a background thread that only its first save awaits;
+    # its close() does not. A run that stops before saving (a refused resume) would have that thread die
+    # at interpreter exit with a traceback, and a restore could race the removal. Wait for it here.
+    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
     self._best = self._load_best()
 
   # -- queries ---------------------------------------------------------------
