@@ -207,6 +207,16 @@ def _rel_diff(a: float, b: float) -> float:
   return abs(a - b) / max(abs(b), 1e-30)
 
 
+def _compile_timed(jitted, *args):
+  """(compiled, lower seconds, compile seconds): ahead-of-time compilation, each phase timed."""
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, lower_s, time.perf_counter() - start
+
+
 # --------------------------------------------------------------------------------------------------------
 # The four things timed: each is a callable doing one synchronised call
 # --------------------------------------------------------------------------------------------------------
@@ -225,12 +235,7 @@ class JaxTrain:
                           puzzle_emb_weight_decay=PUZZLE_EMB_WEIGHT_DECAY)
     jitted = jax.jit(make_train_step(step_cfg, dense_opt, schedule(PUZZLE_EMB_LR)), donate_argnums=0)
     self.batches = [jax.device_put(b) for b in batches]
-    start = time.perf_counter()
-    lowered = jitted.lower(self.state, self.batches[0])
-    self.lower_s = time.perf_counter() - start
-    start = time.perf_counter()
-    self.compiled = lowered.compile()
-    self.compile_s = time.perf_counter() - start
+    self.compiled, self.lower_s, self.compile_s = _compile_timed(jitted, self.state, self.batches[0])
     self.calls = 0
     self.first_loss: float | None = None
 
@@ -289,12 +294,7 @@ class JaxEval:
     self.args = (params, buffers, table)
     jitted = jax.jit(eval_lib.make_eval_step(cfg, LossConfig(), eval_lib.EvalConfig()))
     self.batches = [jax.device_put(b) for b in batches]
-    start = time.perf_counter()
-    lowered = jitted.lower(*self.args, self.batches[0])
-    self.lower_s = time.perf_counter() - start
-    start = time.perf_counter()
-    self.compiled = lowered.compile()
-    self.compile_s = time.perf_counter() - start
+    self.compiled, self.lower_s, self.compile_s = _compile_timed(jitted, *self.args, self.batches[0])
     self.calls = 0
     self.first_loss: float | None = None
 

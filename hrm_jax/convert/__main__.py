@@ -93,8 +93,7 @@ def to_torch(args: argparse.Namespace) -> None:
   output = pathlib.Path(args.output)
   if not output.parent.is_dir():
     raise FileNotFoundError(f"Output directory {output.parent} does not exist; create it first.")
-  tensors = torch_checkpoint.to_torch_state_dict(model.params, model.buffers, model.puzzle_table, cfg,
-                                                 prefix=args.prefix)
+  tensors = torch_checkpoint.numpy_to_torch({args.prefix + k: v for k, v in state.items()})
   torch.save(tensors, output)
   print("model config: " + json.dumps(cfg.to_dict()))
   print(f"wrote {output} ({len(tensors)} tensors, keys '{args.prefix}*')")

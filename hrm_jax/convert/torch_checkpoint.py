@@ -284,16 +284,21 @@ def to_state_dict(params, buffers, puzzle_table, cfg: ModelConfig, prefix: str =
   return out
 
 
-def to_torch_state_dict(params, buffers, puzzle_table, cfg: ModelConfig, prefix: str = DEFAULT_PREFIX):
-  """Like `to_state_dict`, as torch tensors (needs PyTorch)."""
+def numpy_to_torch(state: Mapping[str, np.ndarray]):
+  """A numpy state_dict as torch tensors (needs PyTorch); bfloat16 stays bfloat16."""
   import torch  # pylint: disable=g-import-not-at-top
   result = {}
-  for key, value in to_state_dict(params, buffers, puzzle_table, cfg, prefix).items():
+  for key, value in state.items():
     if value.dtype == ml_dtypes.bfloat16:
       result[key] = torch.from_numpy(value.view(np.int16).copy()).view(torch.bfloat16)
     else:
       result[key] = torch.from_numpy(np.array(value))
   return result
+
+
+def to_torch_state_dict(params, buffers, puzzle_table, cfg: ModelConfig, prefix: str = DEFAULT_PREFIX):
+  """Like `to_state_dict`, as torch tensors (needs PyTorch)."""
+  return numpy_to_torch(to_state_dict(params, buffers, puzzle_table, cfg, prefix))
 
 
 def load_original_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str, Any] | None = None,

@@ -321,6 +321,15 @@ def _existing_splits(data_dir: pathlib.Path) -> list[str]:
   return sorted(p.parent.name for p in data_dir.glob(f"*/{METADATA_FILE}"))
 
 
+def _read_json(path: pathlib.Path) -> Any:
+  """A dataset's JSON file; invalid JSON is a DatasetError naming the file."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise DatasetError(f"{path} is not valid JSON ({e}); rebuild the dataset.") from e
+
+
 def load_metadata(data_dir: PathLike, split: str) -> DatasetMetadata:
   """Reads and checks `<data_dir>/<split>/dataset.json` only (no arrays)."""
   root = pathlib.Path(data_dir)
@@ -334,12 +343,7 @@ def load_metadata(data_dir: PathLike, split: str) -> DatasetMetadata:
   path = split_dir / METADATA_FILE
   if not path.is_file():
     raise DatasetError(f"{path} is missing; the split was not written completely. Rebuild it.")
-  try:
-    with open(path) as f:
-      raw = json.load(f)
-  except json.JSONDecodeError as e:
-    raise DatasetError(f"{path} is not valid JSON ({e}); rebuild the dataset.") from e
-  metadata = DatasetMetadata.from_json_dict(raw, source=str(path))
+  metadata = DatasetMetadata.from_json_dict(_read_json(path), source=str(path))
   _check_metadata(metadata, str(path))
   return metadata
 
@@ -370,11 +374,7 @@ def load_identifiers(data_dir: PathLike) -> list[str]:
   path = pathlib.Path(data_dir) / IDENTIFIERS_FILE
   if not path.is_file():
     raise DatasetError(f"{path} is missing; the dataset builders write it next to train/ and test/.")
-  try:
-    with open(path) as f:
-      names = json.load(f)
-  except json.JSONDecodeError as e:
-    raise DatasetError(f"{path} is not valid JSON ({e}); rebuild the dataset.") from e
+  names = _read_json(path)
   if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
     raise DatasetError(f"{path} must hold a JSON list of strings; rebuild the dataset.")
   return names
