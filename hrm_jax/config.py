@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.rope_theta = 10000.0
   c.model.halt_max_steps = 16  # ACT segments at most (and exactly, in the original's evaluation)
   c.model.halt_exploration_prob = 0.1
-  c.model.forward_dtype = "bfloat16"  # "bfloat16" | "float32"; parameters stay float32 masters
+  c.model.forward_dtype = "bfloat16"  # "bfloat16" | "float32" | "float64" (x64: the original's float64 path)
   c.model.attention_impl = "xla"  # "xla" (everywhere; the original's rounding) | "cudnn" (GPU) | "auto"
 
   # ---- loss ------------------------------------------------------------------------------------------

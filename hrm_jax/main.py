@@ -46,6 +46,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; settings go in --config.key=value flags.")
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.config_with_absl()
+  if _CONFIG.value.model.get("forward_dtype") == "float64":
+    jax.config.update("jax_enable_x64", True)  # the original's float64 forward (slow; for verification)
   logging.set_verbosity(logging.WARNING)
   from hrm_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
   from hrm_jax.training import train  # pylint: disable=import-outside-toplevel

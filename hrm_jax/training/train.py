@@ -447,6 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   last_metrics = None
   step = start_step
   end_state, end_message = "finished", f"Finished {plan.total_steps:,} steps."
+  best_full: dict[str, Any] | None = None  # the full evaluation of the best checkpoint, when run in this process
 
   def fetch_finite_metrics(step: int) -> dict[str, float]:
     """The latest step's metrics on the host; a NaN/Inf loss or gradient ends the run before any save."""
@@ -525,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             writers.write(step, _flat_eval(full), split="eval")
             status.record_eval(step, full)
             if best_exact is None or full["exact_accuracy"] > best_exact:
-              best_exact, best_step = full["exact_accuracy"], step
+              best_exact, best_step, best_full = full["exact_accuracy"], step, full
               evals_without_improvement = 0
             else:
               evals_without_improvement += 1
@@ -566,10 +567,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       if progress is not None:
         progress.close()
       status.update(step=step)
+      if end_state == "finished" and last_full is not None:
+        end_message += " " + _last_and_best(last_full, last_full_step, best_full, best_exact, best_step)
       status.finish(end_state, end_message)
       writers.close()
     _say(end_message)
   return last_full or {}
+
+
+def _last_and_best(last, last_step, best, best_exact, best_step) -> str:
+  """One line: the last full evaluation beside the best checkpoint's (kept by the checkpointer)."""
+  line = (f"Last evaluation (step {last_step}): {last['exact_accuracy']:.2%} exact, "
+          f"{last['accuracy']:.2%} token accuracy.")
+  if best_exact is not None and best_step is not None:
+    token = f", {best['accuracy']:.2%} token accuracy" if best is not None and "accuracy" in best else ""
+    line += f" Best checkpoint (step {best_step}): {best_exact:.2%} exact{token}."
+  return line
 
 
 def _arc_metrics(predictions_path: pathlib.Path, data_dir: pathlib.Path) -> dict[str, float]:
