@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -221,7 +222,12 @@ def test_a_planted_semantic_slip_fails_the_check(original_fixture_dir, monkeypat
   fixture = original_fixture_dir / "float32"
   policy = _policy(fixture)
   _planted_slips()[slip](monkeypatch)
-  results, _ = parity.run_parity(fixture, policy)
+  jax.clear_caches()  # jitted functions traced by earlier tests would otherwise keep the correct code
+  try:
+    results, _ = parity.run_parity(fixture, policy)
+  finally:
+    monkeypatch.undo()
+    jax.clear_caches()
   failed = {r.name for r in results if not r.passed}
   assert {"inner_step1_zH", "inner_step1_logits", "eval_step0_logits"} <= failed, sorted(failed)
   by_name = {r.name: r for r in results}

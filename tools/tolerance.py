@@ -240,3 +240,39 @@ def _measure(fixture_dir: pathlib.Path, variants=None) -> Policy:
     float32_held = frozenset(k for k in npz.files if npz[k].dtype == np.float64 and _float32_exact(
         npz[k][2:3] if _is_stats(k) else npz[k]))  # a summary's max|x| tells the tensor's dtype
   return Policy(model_cfg["forward_dtype"], spreads_from_runs(plain, runs, lr, numel), float32_held, plain)
+
+
+def main(argv=None) -> int:
+  """Prints, per fixture, the measured spreads by kind and depth and hrm_jax's worst error / spread."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  from tools import parity  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog="python -m tools.tolerance", description=main.__doc__)
+  parser.add_argument("fixture_dirs", nargs="+", type=pathlib.Path)
+  args = parser.parse_args(argv)
+  for fixture in args.fixture_dirs:
+    policy = measure(fixture)
+    results, _ = parity.run_parity(fixture, policy)
+    by_group: dict[tuple[str, str], float] = {}
+    for name, spread in policy.spreads.items():
+      if spread.by_variant:
+        match = re.match(r"(eval_step|traj)(\d+)_", name)
+        depth = f"{match.group(1)}{match.group(2)}" if match else "one segment"
+        key = (kind_of(name), depth)
+        by_group[key] = max(by_group.get(key, 0.0), spread.value)
+    ratios = sorted(((r.error / max(policy.spread(r.name), 1e-300), r.name) for r in results
+                     if r.kind != "exact" and policy.spread(r.name) > 0), reverse=True)
+    failed = sum(not r.passed for r in results)
+    print(f"{fixture}  ({policy.forward_dtype}, FACTOR {FACTOR:g}): {len(results) - failed} passed, "
+          f"{failed} failed; worst hrm_jax error / spread {ratios[0][0]:.2f} ({ratios[0][1]})")
+    for (kind, depth), value in sorted(by_group.items()):
+      print(f"  spread  {kind:<6} {depth:<12} {value:.2e}")
+    if policy.forward_dtype == "float64":
+      beyond = [r for r in results if r.kind != "exact" and r.error > FLOAT64_TARGET]
+      print(f"  float64: {len(results) - len(beyond)} arrays within {FLOAT64_TARGET:g}; {len(beyond)} beyond, "
+            f"each explained by a float32 step of the original")
+  return 0
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.exit(main())
