@@ -2,6 +2,7 @@
 
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/float32
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/bfloat16
+  python -m tools.parity ../shared/fixtures/hrm_original/tiny/float64     # runs with 64-bit JAX
 
 FIXTURE_DIR holds checkpoint_dir/step_0, checkpoint_dir/all_config.yaml, model_cfg.json and reference.npz
 (array names and meanings in the fixture's README.txt). The checkpoint is loaded through the converter, every
