@@ -23,8 +23,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
-import fnmatch
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -32,15 +30,19 @@ import math
 import os
 import platform
 import re
+import shutil
 import time
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from hrm_jax.training.resume_check import (  # pylint: disable=unused-import  # re-exported
+    ResumeConfigError, _to_json, check_resume_compatible, config_hash)
 
 _log = logging.getLogger(__name__)
 
@@ -51,22 +53,6 @@ _COMMIT_FILE = "commit_success.txt"
 _CORRUPT_SUBDIR = "corrupt"
 # File name Orbax's JsonSave uses inside each JSON item directory.
 _JSON_FILE = "metadata"
-
-# Config keys that may differ between the saved run and the resuming command
-# without changing the training trajectory. A safe key matches itself and every
-# key below it ("eval" covers "eval.batch_size") and may use fnmatch wildcards
-# ("*.log_every" matches that leaf at any depth). Deliberately NOT safe: data
-# paths, seeds, batch sizes, model/optimiser fields, and the run length (`epochs`,
-# `num_steps`, `total_steps`): the HRM learning-rate schedule is a function of the
-# total step count, so changing it changes every later update.
-DEFAULT_SAFE_KEYS: tuple[str, ...] = (
-    "eval", "eval_interval", "eval_every", "eval_every_steps", "eval_save_outputs",
-    "log", "logging", "log_every", "log_every_steps", "wandb", "tensorboard",
-    "project_name", "run_name", "checkpoint", "checkpoint_path",
-    "checkpoint_every", "checkpoint_every_eval", "checkpoint_every_steps",
-    "save_every", "save_every_steps", "max_to_keep", "workdir", "profile",
-    "debug",
-)
 
 _VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
                        "grain", "numpy")
@@ -88,14 +74,6 @@ class CheckpointMismatchError(CheckpointError):
   """The abstract state does not match the saved state (shapes, dtypes, leaves)."""
 
 
-class ResumeConfigError(ValueError):
-  """The resuming config differs from the checkpoint's in keys that are not safe."""
-
-  def __init__(self, message: str, keys: Sequence[str]):
-    super().__init__(message)
-    self.keys = list(keys)
-
-
 @dataclasses.dataclass(frozen=True)
 class Restored:
   """What `Checkpointer.restore` returns."""
@@ -104,90 +82,6 @@ class Restored:
   data_state: Any  # dict (or bytes), exactly as passed to `save`.
   config: dict
   metadata: dict
-
-
-# ----------------------------------------------------------------------------
-# JSON helpers, config hash and resume compatibility.
-# ----------------------------------------------------------------------------
-
-
-def _json_default(obj: Any) -> Any:
-  if isinstance(obj, (np.generic, jax.Array)) and np.ndim(obj) == 0:
-    return np.asarray(obj).item()
-  if isinstance(obj, (np.ndarray, jax.Array)):
-    return np.asarray(obj).tolist()
-  if hasattr(obj, "to_dict"):  # ml_collections.ConfigDict and friends.
-    return obj.to_dict()
-  if isinstance(obj, (set, frozenset)):
-    return sorted(obj)
-  raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _to_json(obj: Any, what: str) -> Any:
-  """Returns `obj` as it will read back from JSON (tuples become lists, ...)."""
-  if hasattr(obj, "to_dict"):
-    obj = obj.to_dict()
-  try:
-    return json.loads(json.dumps(obj, default=_json_default))
-  except (TypeError, ValueError) as e:
-    raise TypeError(
-        f"checkpoint {what} must be JSON-serialisable (dicts, lists, str, numbers,"
-        f" numpy scalars): {e}. Convert it to plain Python types before saving."
-    ) from e
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-  """Returns a 16-hex-digit SHA-256 of the config's canonical JSON form."""
-  canonical = json.dumps(_to_json(config, "config"), sort_keys=True,
-                         separators=(",", ":"))
-  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, Mapping) and tree:
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
-  return {prefix[:-1]: tree}
-
-
-def _is_safe(key: str, safe_keys: Iterable[str]) -> bool:
-  for safe in safe_keys:
-    if key == safe or key.startswith(safe + "."):
-      return True
-    if fnmatch.fnmatchcase(key, safe) or fnmatch.fnmatchcase(key, safe + ".*"):
-      return True
-  return False
-
-
-def check_resume_compatible(saved_config: Mapping[str, Any],
-                            new_config: Mapping[str, Any],
-                            safe_keys: Iterable[str] = DEFAULT_SAFE_KEYS) -> None:
-  """Raises ResumeConfigError naming every differing key that is not safe.
-
-  Nested keys are compared leaf by leaf under dotted names ("model.hidden_size");
-  both configs are compared in their JSON form, so a tuple equals a list.
-  """
-  safe_keys = tuple(safe_keys)
-  old = _flatten(_to_json(saved_config, "saved config"))
-  new = _flatten(_to_json(new_config, "new config"))
-  missing = object()
-  unsafe = []
-  for key in sorted(set(old) | set(new)):
-    before, after = old.get(key, missing), new.get(key, missing)
-    if before == after or _is_safe(key, safe_keys):
-      continue
-    describe = lambda v: "<absent>" if v is missing else json.dumps(v)
-    unsafe.append((key, describe(before), describe(after)))
-  if unsafe:
-    lines = "\n".join(f"  {k}: checkpoint {b} -> now {a}" for k, b, a in unsafe)
-    raise ResumeConfigError(
-        f"cannot resume: the config differs from the checkpoint's in"
-        f" {len(unsafe)} key(s) that change the training run:\n{lines}\n"
-        "Fix: rerun with the checkpoint's values for these keys, or start a new"
-        " run in a fresh checkpoint directory. Keys allowed to change on resume:"
-        f" {', '.join(safe_keys)}.", [k for k, _, _ in unsafe])
 
 
 # ----------------------------------------------------------------------------
@@ -255,7 +149,7 @@ def _library_versions() -> dict[str, str]:
   return versions
 
 
-def _summarize_error(error: BaseException, limit: int = 400) -> str:
+def summarize_error(error: BaseException, limit: int = 400) -> str:
   """One line naming the root cause (TensorStore errors embed kilobytes of spec)."""
   chain, seen = [], set()
   while error is not None and id(error) not in seen:
@@ -345,7 +239,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int = 3,
                best_metric: str | None = None, best_mode: str = "max",
-               async_save: bool = True, verify: bool = True):
+               async_save: bool = True, verify: bool = True, read_only: bool = False):
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
     if best_mode not in ("max", "min"):
@@ -381,24 +275,32 @@ class Checkpointer:
         best_mode=best_mode,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
-        # Temporary directories left by a killed save are removed on start-up.
-        cleanup_tmp_directories=True,
-        create=True,
+        read_only=read_only,
+        # Leftovers of killed saves are removed below, before the manager starts (Orbax's own clean-up runs
+        # in a thread that only its first save awaits).
+        cleanup_tmp_directories=False,
+        create=not read_only,
     )
     try:
+      if not read_only:
+        self._remove_unfinished_saves()
       self._manager = ocp.CheckpointManager(self._directory, options=options)
     except OSError as e:
       raise CheckpointError(
           f"cannot open checkpoint directory {self._directory}: {e}. Fix: check"
           " that the path is writable (or choose another checkpoint directory)."
       ) from e
-    # Orbax removes the leftovers of killed saves in a background thread that only its first save awaits;
-    # its close() does not. A run that stops before saving (a refused resume) would have that thread die
-    # at interpreter exit with a traceback, and a restore could race the removal. Wait for it here.
-    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
-    if await_cleanup is not None:
-      await_cleanup()
     self._best = self._load_best()
+
+  def _remove_unfinished_saves(self) -> None:
+    """Deletes `<step>.orbax-checkpoint-tmp*` folders of saves a killed process never committed.
+
+    Safe because one run owns the workdir (train.py holds its lock) and this runs before any save.
+    """
+    if _is_primary() and self._directory.exists():
+      for path in ocp.utils.tmp_checkpoints(self._directory):
+        shutil.rmtree(os.fspath(self._directory / path), ignore_errors=True)
+    _sync("hrm_jax_checkpoint_cleanup")
 
   # -- queries ---------------------------------------------------------------
 
@@ -529,7 +431,7 @@ class Checkpointer:
             else "there is no earlier checkpoint")
     return CheckpointSaveError(
         f"saving checkpoint {which} to {self._directory} failed:"
-        f" {_summarize_error(error)}. Earlier checkpoints are intact ({kept};"
+        f" {summarize_error(error)}. Earlier checkpoints are intact ({kept};"
         f" steps on disk: {self.steps()}). Fix: "
         + ("free disk space or fix write permission on the directory"
            if isinstance(error, OSError) else "see the error above")
@@ -581,10 +483,10 @@ class Checkpointer:
           if _is_out_of_memory(e):
             raise CheckpointError(
                 f"restoring checkpoint step {candidate} from {self._directory} ran"
-                f" out of memory: {_summarize_error(e)}. Fix: free device/host"
+                f" out of memory: {summarize_error(e)}. Fix: free device/host"
                 " memory (restore before building other large arrays) or shard"
                 " the abstract state over more devices.") from e
-          problem = _summarize_error(e)
+          problem = summarize_error(e)
       if restored is None:
         failures.append((candidate, problem))
         if step is not None:
@@ -685,6 +587,10 @@ class Checkpointer:
     """The config a step was saved with (cheap: reads one small JSON item)."""
     return self._read_json(int(step), "config")
 
+  def saved_metadata(self, step: int) -> dict:
+    """The metadata a step was saved with (run id, evaluation record, ...); one small JSON item."""
+    return self._read_json(int(step), "metadata")
+
   def _read_json(self, step: int, item: str) -> Any:
     path = self._directory / str(step) / item / _JSON_FILE
     return json.loads(path.read_text())
@@ -694,18 +600,22 @@ class Checkpointer:
     if step in self._bad_steps:
       return self._bad_steps[step]
     step_dir = self._directory / str(step)
-    try:
-      for item in ITEM_NAMES:
-        if not (step_dir / item).is_dir():
-          return f"item directory {item}/ is missing"
-      json.loads((step_dir / "state" / "_METADATA").read_text())
-      for item in ITEM_NAMES[1:]:
-        json.loads((step_dir / item / _JSON_FILE).read_text())
-    except FileNotFoundError as e:
-      return f"missing file {e.filename or e}"
-    except (ValueError, OSError) as e:
-      return f"unreadable metadata: {_summarize_error(e)}"
+    for item in ITEM_NAMES:
+      if not (step_dir / item).is_dir():
+        return f"item directory {step_dir / item} is missing"
+    for path in [step_dir / "state" / "_METADATA"] + [step_dir / item / _JSON_FILE for item in ITEM_NAMES[1:]]:
+      try:
+        json.loads(path.read_text())
+      except FileNotFoundError:
+        return f"{path} is missing"
+      except Exception as e:  # pylint: disable=broad-except  # any damage: bad bytes, bad JSON, no permission
+        return f"{path} is unreadable ({summarize_error(e)})"
     return None
+
+  def step_problems(self) -> dict[int, str]:
+    """Every committed step that cannot be used and why (a cheap check of its metadata and config)."""
+    return {step: problem for step in self.steps()
+            if (problem := self._quick_check(step)) is not None}
 
   def _quarantine(self, steps: Sequence[int]) -> dict[int, epath.Path]:
     """Moves bad step directories to <dir>/corrupt/ so the steps can be re-saved."""
