@@ -72,7 +72,13 @@ def main(argv):
     _fail(f"unexpected arguments {argv[1:]}; settings go in --config.key=value flags.\n{USAGE}", 2)
   logging.set_verbosity(logging.WARNING)
   from hrm_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  found = config_lib.problems(_CONFIG.value)
+  try:
+    config = _CONFIG.value
+    config.to_dict()  # a file that failed to load gives a placeholder that raises only when used
+  except OSError as e:  # ml_collections reports a config file it could not load only here
+    _fail(f"cannot load the config file given by --config: {_innermost_message(e)}. Fix --config=PATH "
+          "(e.g. configs/demo.py).", 2)
+  found = config_lib.problems(config)
   if found:
     _fail(f"bad config: {'; '.join(found)}", 2)
   from hrm_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
@@ -80,7 +86,7 @@ def main(argv):
   from hrm_jax.training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   from hrm_jax.data.format import DatasetError  # pylint: disable=import-outside-toplevel
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
   except (train.TrainingError, DatasetError, checkpoint.CheckpointError, checkpoint.ResumeConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -618,3 +618,122 @@ def test_early_stop_after_kill_stops_where_uninterrupted_run_stops(reference, ru
   assert {r["exact_accuracy"] for r in reporting.read_jsonl(workdir / "metrics.jsonl")
           if r["split"] == "eval"} == {0.0}
   assert_same_run_state(workdir, reference, config, step=8)
+
+
+# ==========================================================================================================
+# 7. One live run owns a workdir
+# ==========================================================================================================
+def test_second_run_on_a_live_workdir_refuses_and_the_first_ends_equal_to_a_lone_run(reference, runs, env,
+                                                                                    data_dir, config, tmp_path):
+  workdir = tmp_path / "shared"
+  first = runs(env, workdir, data_dir, TINY)
+  owner_file = workdir / ".lock.owner.json"
+  owner = first.wait_until(lambda: owner_file.exists() and json.loads(owner_file.read_text()).get("run_id")
+                           and json.loads(owner_file.read_text()), "the first run to own the workdir")
+  second = runs(env, workdir, data_dir, TINY)
+  assert second.wait(60) == 1, second.output
+  assert first.alive(), "the second run must not have disturbed the first"
+  (line,) = [l for l in second.output.splitlines() if l.startswith("error:")]
+  assert f"is in use by run {owner['run_id']}, pid {first.proc.pid}" in line, line
+  assert "Traceback" not in second.output
+  assert first.wait() == 0, first.output
+  assert_same_run_state(workdir, reference, config)
+  assert_losses_match_reference(workdir, reference)  # metrics.jsonl holds the first run's lines only
+
+
+# ==========================================================================================================
+# 8. Unreadable metadata counts as a corrupt step; with no usable step the run refuses
+# ==========================================================================================================
+def _tree_snapshot(directory: pathlib.Path) -> dict[str, tuple[float, bytes]]:
+  return {str(p): (p.stat().st_mtime, p.read_bytes()) for p in directory.rglob("*") if p.is_file()}
+
+
+def test_unreadable_metadata_in_every_step_is_refused_and_nothing_is_overwritten(reference, runs, env,
+                                                                                 data_dir, tmp_path):
+  workdir = tmp_path / "bad_metadata"
+  shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
+  for step in committed_steps(workdir):
+    (workdir / "checkpoints" / str(step) / "metadata" / "metadata").write_bytes(b"\x80\x81 not json")
+  before = _tree_snapshot(workdir / "checkpoints")
+  run = runs(env, workdir, data_dir, TINY)
+  assert run.wait() == 1, run.output
+  (line,) = [l for l in run.output.splitlines() if l.startswith("error:")]
+  assert line.startswith(f"error: no usable checkpoint in {workdir / 'checkpoints'}: step 1: ")
+  for step in range(1, TOTAL_STEPS + 1):
+    assert f"step {step}: {workdir / 'checkpoints' / str(step) / 'metadata' / 'metadata'} is unreadable" in line
+  assert "Nothing was changed" in line and "Traceback" not in run.output
+  assert _tree_snapshot(workdir / "checkpoints") == before
+  assert not (workdir / "metrics.jsonl").exists()  # never started training from scratch
+
+
+# ==========================================================================================================
+# 9. NaN/Inf: stop with the last finite checkpoint; the printed recovery trains past the divergence
+# ==========================================================================================================
+def test_nan_recovery_advice_followed_trains_past_the_divergence(reference, runs, env, data_dir, config,
+                                                                 tmp_path):
+  workdir = tmp_path / "diverged"
+  shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
+  for step in range(7, TOTAL_STEPS + 1):
+    shutil.rmtree(workdir / "checkpoints" / str(step))
+  # lr 1e30 from step 6 on: step 7's update blows the weights up (their float32 norm is inf) while step 7's
+  # loss, computed before the update, is still finite. Changing lr needs the recovery flag.
+  refused = runs(env, workdir, data_dir, {**TINY, "optimizer.lr": 1e30})
+  assert refused.wait() == 1 and "add --config.recover_from_nan=true" in refused.output, refused.output
+  blow_up = runs(env, workdir, data_dir, {**TINY, "optimizer.lr": 1e30, "recover_from_nan": True})
+  assert blow_up.wait() == 1, blow_up.output
+  (line,) = [l for l in blow_up.output.splitlines() if l.startswith("error:")]
+  assert "the run diverged at step 7 (weights' global norm=inf)" in line, line
+  assert "the last finite checkpoint is step 6" in line and "it resumes step 6" in line
+  assert committed_steps(workdir) == list(range(1, 7))  # nothing saved after the divergence
+  assert_same_run_state(workdir, reference, config, step=6)
+
+  # The advice: the same command with --config.recover_from_nan=true and a lower --config.optimizer.lr.
+  advice = line.split("Recover: rerun the same command with ")[1]
+  assert advice.startswith("--config.recover_from_nan=true and a lower --config.optimizer.lr (now 1e+30)")
+  recovered = runs(env, workdir, data_dir, {**TINY, "optimizer.lr": 1e-3, "recover_from_nan": True})
+  assert recovered.wait() == 0, recovered.output
+  assert "Recovering run" in recovered.output and "optimizer.lr 1e+30 -> 0.001" in recovered.output
+  assert committed_steps(workdir) == list(range(1, TOTAL_STEPS + 1))
+  final = restore(workdir, config, TOTAL_STEPS)
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(final.state.params))
+  assert final.metadata["recoveries"] == [{"from_step": 6, "changed": {"optimizer.lr": [1e30, 1e-3]}}]
+  # TINY's lr is the demo's 1e-3: the recovered run is the reference run, bit for bit.
+  assert_same_run_state(workdir, reference, config)
+  # Once recovered, the plain command (the new lr, no flag) resumes the run.
+  again = runs(env, workdir, data_dir, {**TINY, "optimizer.lr": 1e-3})
+  assert again.wait() == 0 and "already finished at step 12" in again.output, again.output
+
+
+# ==========================================================================================================
+# 10. A full disk during a save (a real tmpfs where this process may mount one)
+# ==========================================================================================================
+@pytest.fixture
+def small_tmpfs(tmp_path):
+  mount_point = tmp_path / "tmpfs"
+  mount_point.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here (needs root in a container); the stubbed-rename test covers it")
+  yield mount_point
+  subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_full_tmpfs_during_a_save_keeps_earlier_checkpoints(reference, runs, env, data_dir, config,
+                                                            small_tmpfs):
+  workdir = small_tmpfs / "run"
+  run = runs(env, workdir, data_dir, TINY)
+  assert run.wait() == 1, run.output
+  saved = committed_steps(workdir)
+  assert 1 <= len(saved) < TOTAL_STEPS, (saved, run.output)
+  errors = [l for l in run.output.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "No space left on device" in errors[0], run.output
+  assert "Earlier checkpoints are intact" in errors[0]
+  assert "Traceback" not in run.output  # Orbax's tracebacks went to run.log
+  assert "Traceback" in (workdir / "run.log").read_text() or "No space" in (workdir / "run.log").read_text()
+  for step in saved:
+    assert_same_run_state(workdir, reference, config, step)
+  # With room again, the same command resumes and ends as the uninterrupted run.
+  subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+  run = runs(env, workdir, data_dir, TINY)
+  assert run.wait() == 0, run.output
+  assert_same_run_state(workdir, reference, config)

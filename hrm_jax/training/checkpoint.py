@@ -298,8 +298,8 @@ class Checkpointer:
     Safe because one run owns the workdir (train.py holds its lock) and this runs before any save.
     """
     if _is_primary() and self._directory.exists():
-      for path in ocp.utils.tmp_checkpoints(self._directory):
-        shutil.rmtree(os.fspath(self._directory / path), ignore_errors=True)
+      for temporary in ocp.utils.tmp_checkpoints(self._directory):
+        shutil.rmtree(os.fspath(temporary.get()), ignore_errors=True)
     _sync("hrm_jax_checkpoint_cleanup")
 
   # -- queries ---------------------------------------------------------------

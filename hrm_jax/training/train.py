@@ -287,7 +287,7 @@ def _finished_summary(run: Run, checkpointer: ckpt_lib.Checkpointer) -> dict[str
   summary = metadata.get("last_eval") or {}
   _say(f"Run {metadata.get('run_id')} in {run.workdir} is already finished at step {step}"
        + (f": {reporting.format_eval_report(summary, step=metadata.get('last_full_step'))}" if summary else ".")
-       + " Raise --config.num_steps to train it further, or pass another --workdir for a new run.")
+       + "\nRaise --config.num_steps to train it further, or pass another --workdir for a new run.")
   return summary
 
 

@@ -197,6 +197,7 @@ def library_log(workdir: pathlib.Path) -> Iterator[pathlib.Path | None]:
   console.setLevel(logging.WARNING)
   console.setFormatter(_OneLine())
   console.addFilter(lambda record: record.name.startswith("hrm_jax") and not record.exc_info)
+  # warnings.warn() of this package (e.g. a corrupt checkpoint step) reach the console via its loggers.
   detached = [h for h in root.handlers if type(h).__name__ == "ABSLHandler"]
   for handler in detached:
     root.removeHandler(handler)
@@ -204,9 +205,11 @@ def library_log(workdir: pathlib.Path) -> Iterator[pathlib.Path | None]:
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(file_handler)
   root.addHandler(console)
+  logging.captureWarnings(True)  # libraries' warnings (torch, orbax) go to the file too
   try:
     yield workdir / LOG_FILE if file_handler is not None else None
   finally:
+    logging.captureWarnings(False)
     root.removeHandler(console)
     if file_handler is not None:
       root.removeHandler(file_handler)
