@@ -254,8 +254,8 @@ def _resume(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter) -> Start:
     recovery = {"from_step": restored.step, "changed": changed}
     metadata["recoveries"] = list(metadata.get("recoveries") or []) + [recovery]
     _say(f"Recovering run {run_id} from step {restored.step} with "
-         + (", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) or "no optimiser key changed "
-            "(it will follow the same path; lower --config.optimizer.lr)"))
+         + (", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) or "the checkpoint's own optimiser "
+            "settings"))
   _say(f"Resuming run {run_id} from its checkpoint at step {restored.step} in {checkpointer.directory}")
   return Start(state=state, train_iter=train_iter, run_id=run_id, resumed=True, metadata=metadata,
                record=EvalRecord.from_metadata(metadata, restored.step))
