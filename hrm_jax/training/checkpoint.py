@@ -72,6 +72,14 @@ class Restored:
   metadata: dict
 
 
+def _chain(error: BaseException | None) -> list[BaseException]:
+  chain: list[BaseException] = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
 def _is_primary() -> bool:
   return jax.process_index() == 0
 
@@ -289,14 +297,15 @@ class Checkpointer:
     which = f"step {step}" if step is not None else "a step"
     kept = (f"the latest good step is {latest}" if latest is not None
             else "there is no earlier checkpoint")
+    text = " ".join(str(e) for e in _chain(error))
+    disk_full = "No space left on device" in text or "os_error_code='28'" in text
+    cause = "no space left on device" if disk_full else summarize_error(error)
+    fix = ("free disk space or fix write permission on the directory"
+           if disk_full or isinstance(error, OSError) else "see the log")
     return CheckpointSaveError(
-        f"saving checkpoint {which} to {self._directory} failed:"
-        f" {summarize_error(error)}. Earlier checkpoints are intact ({kept};"
-        f" steps on disk: {self.steps()}). Fix: "
-        + ("free disk space or fix write permission on the directory"
-           if isinstance(error, OSError) else "see the error above")
-        + ", then rerun the same command to resume; the partial write is removed"
-        " on the next start.")
+        f"saving checkpoint {which} to {self._directory} failed: {cause}. Earlier checkpoints are intact"
+        f" ({kept}; steps on disk: {self.steps()}). Fix: {fix}, then rerun the same command to resume; the"
+        " partial write is removed on the next start.")
 
   # -- restore ---------------------------------------------------------------
 

@@ -330,7 +330,10 @@ class Reporters:
     if self.progress is not None:
       self.progress.close()
     self.status.close()
-    self.writers.close()
+    try:
+      self.writers.close()
+    except OSError as e:  # a full disk: never hide the error that ended the run behind this one
+      _log.warning("could not finish writing metrics: %s", e)
 
 
 def _reporters(run: Run, start: Start, step: int) -> Reporters:

@@ -176,6 +176,17 @@ class Heartbeat:
     self._thread.join()
 
 
+class _QuietFileHandler(logging.FileHandler):
+  """A log file that never complains on the console: a full disk must not print logging's own traceback."""
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    del record
+
+  def close(self) -> None:
+    with contextlib.suppress(OSError):
+      super().close()
+
+
 class _OneLine(logging.Formatter):
   def format(self, record: logging.LogRecord) -> str:
     return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
@@ -190,7 +201,7 @@ def library_log(workdir: pathlib.Path) -> Iterator[pathlib.Path | None]:
   """
   root = logging.getLogger()
   try:
-    file_handler: logging.Handler | None = logging.FileHandler(workdir / LOG_FILE)
+    file_handler: logging.Handler | None = _QuietFileHandler(workdir / LOG_FILE)
   except OSError:
     file_handler = None
   console = logging.StreamHandler()
