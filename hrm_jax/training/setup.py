@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import pathlib
 import shlex
 from typing import Any
@@ -16,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hrm_jax import config as config_lib
 from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
 from hrm_jax.model.config import ModelConfig
@@ -25,7 +28,8 @@ from hrm_jax.model.losses import LossConfig
 from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.training import optim
 from hrm_jax.training.errors import TrainingError
-from hrm_jax.training.train_step import TrainState
+from hrm_jax.training.policy import CheckpointPolicy, EvalPolicy
+from hrm_jax.training.train_step import TrainState, create_train_state
 
 
 @dataclasses.dataclass
@@ -230,3 +234,71 @@ def load_init_weights(path: str, state: TrainState, cfg: ModelConfig) -> TrainSt
       params=jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, params),
       buffers={k: jnp.asarray(buffers[k], state.buffers[k].dtype) for k in state.buffers},
       puzzle_table=new_table)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What setup derives from the config; read-only for the rest of the run."""
+  config: ml_collections.ConfigDict
+  config_dict: dict[str, Any]  # as saved with every checkpoint (plus the dataset's identity)
+  workdir: pathlib.Path
+  data_dir: pathlib.Path
+  cfg: Any  # ModelConfig
+  loss_cfg: Any  # LossConfig
+  plan: RunPlan
+  dense_opt: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  emb_schedule: optax.Schedule
+  mesh: Mesh
+  abstract_state: TrainState
+  shardings: TrainState
+  eval_batch_size: int
+  eval_policy: EvalPolicy
+  checkpoint_policy: CheckpointPolicy
+
+  @property
+  def is_main(self) -> bool:
+    return jax.process_index() == 0
+
+  def to_global(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    sharding = NamedSharding(self.mesh, P("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
+  found = config_lib.problems(config)
+  if found:
+    raise TrainingError(f"bad config: {'; '.join(found)}")
+  if config.distributed:
+    jax.distributed.initialize()
+  data_dir = resolve_data_dir(config)
+  meta = data_format.load_metadata(data_dir, "train")
+  cfg = model_config_from(config, meta)
+  loss_cfg = loss_config_from(config, meta.vocab_size)
+  plan = plan_run(config, meta)
+  gbs, num_devices = config.global_batch_size, jax.device_count()
+  if gbs % num_devices or gbs % config.grad_accum_steps:
+    raise TrainingError(f"global_batch_size={gbs} must be divisible by the {num_devices} devices and by "
+                        f"grad_accum_steps={config.grad_accum_steps}.")
+  eval_bs = config.eval.batch_size or gbs
+  if eval_bs % num_devices:
+    raise TrainingError(f"eval.batch_size={eval_bs} must be divisible by the {num_devices} devices.")
+  dense_opt, lr_schedule, emb_schedule = make_optimizers(config, plan)
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, dense_opt, gbs, config.seed))
+  config_dict = json.loads(config.to_json_best_effort())
+  # Derived, not a setting: data_dir may change on resume (a dataset moved), the training data may not.
+  config_dict["dataset"] = dataset_identity(data_dir, meta)
+  say(f"hrm_jax: {cfg.H_layers}+{cfg.L_layers} layers, hidden {cfg.hidden_size}, {cfg.forward_dtype}, "
+       f"{sum(x.size for x in jax.tree.leaves(abstract_state.params)):,} parameters "
+       f"(+ puzzle table {cfg.num_puzzle_identifiers}x{cfg.puzzle_emb_ndim}); {num_devices} device(s), "
+       f"{jax.process_count()} process(es)")
+  say(f"Run length: {plan.total_steps:,} optimiser steps = {plan.epochs:,.2f} epochs = {plan.samples:,} "
+       f"samples (global batch {gbs}; 1 epoch = {plan.steps_per_epoch:,.2f} steps); warmup "
+       f"{plan.warmup_steps:,} steps; evaluation every {plan.eval_every_steps:,} steps")
+  return Run(config=config, config_dict=config_dict, workdir=workdir, data_dir=data_dir, cfg=cfg,
+             loss_cfg=loss_cfg, plan=plan, dense_opt=dense_opt, lr_schedule=lr_schedule,
+             emb_schedule=emb_schedule, mesh=mesh, abstract_state=abstract_state,
+             shardings=state_shardings(mesh, abstract_state), eval_batch_size=eval_bs,
+             eval_policy=EvalPolicy.from_config(config, plan.eval_every_steps),
+             checkpoint_policy=CheckpointPolicy(config.checkpoint.every_steps))

@@ -1,7 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the whole training run, in five phases.
 
-  setup     validate the config, lock the workdir, read the dataset, plan the run length, build optimisers
-  resume    own checkpoint in workdir (exactly), else `init_from` weights, else from scratch
+  setup     lock the workdir (workdir.py), validate the config, read the dataset, plan, optimisers (setup.py)
+  resume    own checkpoint in workdir (exactly), else `init_from` weights, else from scratch (resume.py)
   loop      one jitted step per batch; metrics reach the host only on log steps and before saves
   evaluate  fast subset often, the full set when it gained, at a long interval and at the end (policy.py)
   save      periodic, on full evaluations, at the end and on SIGTERM/SIGINT; never weights that are not finite
@@ -25,23 +25,24 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hrm_jax import config as config_lib
 from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
 from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.training import evaluate as eval_lib
-from hrm_jax.training import optim
 from hrm_jax.training import reporting
+from hrm_jax.training import resume as resume_lib
+from hrm_jax.training import setup
 from hrm_jax.training import workdir as workdir_lib
 from hrm_jax.training.errors import TrainingError
-from hrm_jax.training.policy import CheckpointPolicy, EvalPolicy, EvalRecord, divergence
+from hrm_jax.training.policy import EvalRecord, divergence
 from hrm_jax.training.preemption import PreemptionGuard
+from hrm_jax.training.resume import Start
 from hrm_jax.training.setup import (  # pylint: disable=unused-import  # re-exported for callers and tests
-    RunPlan, dataset_identity, load_init_weights, loss_config_from, make_optimizers, model_config_from,
+    Run, RunPlan, dataset_identity, load_init_weights, loss_config_from, make_optimizers, model_config_from,
     plan_run, resolve_data_dir, say as _say, state_shardings)
-from hrm_jax.training.train_step import StepConfig, TrainState, create_train_state, make_train_step
+from hrm_jax.training.train_step import StepConfig, make_train_step
 
 _log = logging.getLogger("hrm_jax.train")
 
@@ -91,204 +92,6 @@ class _Prefetcher:
 
   def close(self):
     self._stop.set()
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """What setup derives from the config; read-only for the rest of the run."""
-  config: ml_collections.ConfigDict
-  config_dict: dict[str, Any]  # as saved with every checkpoint (plus the dataset's identity)
-  workdir: pathlib.Path
-  data_dir: pathlib.Path
-  cfg: Any  # ModelConfig
-  loss_cfg: Any  # LossConfig
-  plan: RunPlan
-  dense_opt: optax.GradientTransformation
-  lr_schedule: optax.Schedule
-  emb_schedule: optax.Schedule
-  mesh: Mesh
-  abstract_state: TrainState
-  shardings: TrainState
-  eval_batch_size: int
-  eval_policy: EvalPolicy
-  checkpoint_policy: CheckpointPolicy
-
-  @property
-  def is_main(self) -> bool:
-    return jax.process_index() == 0
-
-  def to_global(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    sharding = NamedSharding(self.mesh, P("data"))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
-
-
-@dataclasses.dataclass
-class Start:
-  """Where the run begins: its state and data position, its id, and what the checkpoint remembered."""
-  state: Any
-  train_iter: Any
-  run_id: str
-  record: EvalRecord
-  resumed: bool
-  metadata: dict[str, Any]  # carried into every later checkpoint's metadata (recoveries, last_eval)
-
-
-# ==========================================================================================================
-# Setup
-# ==========================================================================================================
-def _setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
-  found = config_lib.problems(config)
-  if found:
-    raise TrainingError(f"bad config: {'; '.join(found)}")
-  if config.distributed:
-    jax.distributed.initialize()
-  data_dir = resolve_data_dir(config)
-  meta = data_format.load_metadata(data_dir, "train")
-  cfg = model_config_from(config, meta)
-  loss_cfg = loss_config_from(config, meta.vocab_size)
-  plan = plan_run(config, meta)
-  gbs, num_devices = config.global_batch_size, jax.device_count()
-  if gbs % num_devices or gbs % config.grad_accum_steps:
-    raise TrainingError(f"global_batch_size={gbs} must be divisible by the {num_devices} devices and by "
-                        f"grad_accum_steps={config.grad_accum_steps}.")
-  eval_bs = config.eval.batch_size or gbs
-  if eval_bs % num_devices:
-    raise TrainingError(f"eval.batch_size={eval_bs} must be divisible by the {num_devices} devices.")
-  dense_opt, lr_schedule, emb_schedule = make_optimizers(config, plan)
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, dense_opt, gbs, config.seed))
-  config_dict = json.loads(config.to_json_best_effort())
-  # Derived, not a setting: data_dir may change on resume (a dataset moved), the training data may not.
-  config_dict["dataset"] = dataset_identity(data_dir, meta)
-  _say(f"hrm_jax: {cfg.H_layers}+{cfg.L_layers} layers, hidden {cfg.hidden_size}, {cfg.forward_dtype}, "
-       f"{sum(x.size for x in jax.tree.leaves(abstract_state.params)):,} parameters "
-       f"(+ puzzle table {cfg.num_puzzle_identifiers}x{cfg.puzzle_emb_ndim}); {num_devices} device(s), "
-       f"{jax.process_count()} process(es)")
-  _say(f"Run length: {plan.total_steps:,} optimiser steps = {plan.epochs:,.2f} epochs = {plan.samples:,} "
-       f"samples (global batch {gbs}; 1 epoch = {plan.steps_per_epoch:,.2f} steps); warmup "
-       f"{plan.warmup_steps:,} steps; evaluation every {plan.eval_every_steps:,} steps")
-  return Run(config=config, config_dict=config_dict, workdir=workdir, data_dir=data_dir, cfg=cfg,
-             loss_cfg=loss_cfg, plan=plan, dense_opt=dense_opt, lr_schedule=lr_schedule,
-             emb_schedule=emb_schedule, mesh=mesh, abstract_state=abstract_state,
-             shardings=state_shardings(mesh, abstract_state), eval_batch_size=eval_bs,
-             eval_policy=EvalPolicy.from_config(config, plan.eval_every_steps),
-             checkpoint_policy=CheckpointPolicy(config.checkpoint.every_steps))
-
-
-# ==========================================================================================================
-# Resume: own checkpoint in workdir, else init_from weights, else from scratch
-# ==========================================================================================================
-def _check_resume_config(run: Run, saved: dict[str, Any]) -> dict[str, list]:
-  """Refuses a resume that changes what is trained; returns the recovery keys that changed (old, new)."""
-  saved.setdefault("dataset", run.config_dict["dataset"])  # saved before datasets were recorded
-  recovering = run.config.recover_from_nan
-  safe = config_lib.RESUME_SAFE_KEYS + (config_lib.RECOVERY_SAFE_KEYS if recovering else ())
-  try:
-    ckpt_lib.check_resume_compatible(saved, run.config_dict, safe)
-  except ckpt_lib.ResumeConfigError as e:
-    hint = ""
-    if any(k.startswith("dataset.") for k in e.keys):
-      hint = (f"\nThe dataset.* keys describe the training data in {run.data_dir}, not settings: point "
-              "--config.data_dir at the dataset this run was trained on.")
-    elif any(k in config_lib.RECOVERY_SAFE_KEYS for k in e.keys):
-      hint = ("\nAfter a NaN/Inf stop, add --config.recover_from_nan=true to change "
-              f"{', '.join(config_lib.RECOVERY_SAFE_KEYS)}.")
-    raise ckpt_lib.ResumeConfigError(f"{e}{hint}", e.keys) from None
-  if (saved.get("num_steps"), saved.get("epochs")) != (run.config.num_steps, run.config.epochs) and (
-      run.config.optimizer.lr_min_ratio != 1.0):
-    _say("Note: the run length changed since the checkpoint, and the cosine schedule (lr_min_ratio "
-         f"{run.config.optimizer.lr_min_ratio}) is stretched to the new length, so this run will not match an "
-         "uninterrupted run of either length.")
-  changed = {}
-  for key in config_lib.RECOVERY_SAFE_KEYS if recovering else ():
-    group, name = key.split(".")
-    old, new = saved.get(group, {}).get(name), run.config_dict[group][name]
-    if old != new:
-      changed[key] = [old, new]
-  return changed
-
-
-def _restore_target(run: Run, saved_clip: float) -> Any:
-  """The abstract state in the checkpoint's layout: clipping on or off changes the optimiser state's tree."""
-  state = run.abstract_state
-  if bool(saved_clip) != bool(run.config.optimizer.grad_clip_norm):
-    opt = optim.make_dense_optimizer(lambda _: 0.0, name=run.config.optimizer.name,
-                                     grad_clip_norm=saved_clip or None)
-    state = state.replace(opt_state=jax.eval_shape(opt.init, state.params))
-  shardings = state_shardings(run.mesh, state)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
-
-
-def _adapt_opt_state(opt_state: Any, saved_clip: float, clip: float) -> Any:
-  """Clipping switched on (off) wraps (unwraps) the optimiser state in optax.chain's (EmptyState(), ...)."""
-  if bool(saved_clip) == bool(clip):
-    return opt_state
-  return (optax.EmptyState(), opt_state) if clip else opt_state[1]
-
-
-def _resume(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter) -> Start:
-  problems = checkpointer.step_problems()
-  step = checkpointer.latest_good_step()
-  if step is None and problems:
-    raise ckpt_lib.CheckpointCorruptError(
-        f"no usable checkpoint in {checkpointer.directory}: "
-        + "; ".join(f"step {s}: {why}" for s, why in sorted(problems.items()))
-        + ". Nothing was changed. Fix: restore those files from a backup, or move the checkpoints folder away "
-        "to start this run again from scratch.")
-  if step is None:
-    return _fresh_start(run, train_iter)
-  saved = checkpointer.saved_config(step)
-  changed = _check_resume_config(run, saved)
-  saved_clip = saved.get("optimizer", {}).get("grad_clip_norm", 0.0)
-  restored = checkpointer.restore(_restore_target(run, saved_clip))
-  state = restored.state.replace(
-      opt_state=_adapt_opt_state(restored.state.opt_state, saved_clip, run.config.optimizer.grad_clip_norm))
-  state = jax.device_put(state, run.shardings)
-  try:
-    train_iter.set_state(restored.data_state)
-  except ValueError as e:  # a checkpoint from before datasets were recorded, on other data
-    raise TrainingError(f"{e} (data_dir={run.data_dir})") from None
-  metadata = dict(restored.metadata)
-  run_id = metadata.get("run_id") or reporting.new_run_id()
-  if run.config.recover_from_nan:
-    recovery = {"from_step": restored.step, "changed": changed}
-    metadata["recoveries"] = list(metadata.get("recoveries") or []) + [recovery]
-    _say(f"Recovering run {run_id} from step {restored.step} with "
-         + (", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) or "the checkpoint's own optimiser "
-            "settings"))
-  _say(f"Resuming run {run_id} from its checkpoint at step {restored.step} in {checkpointer.directory}")
-  return Start(state=state, train_iter=train_iter, run_id=run_id, resumed=True, metadata=metadata,
-               record=EvalRecord.from_metadata(metadata, restored.step))
-
-
-def _fresh_start(run: Run, train_iter) -> Start:
-  config = run.config
-  state = jax.jit(lambda: create_train_state(run.cfg, run.dense_opt, config.global_batch_size, config.seed),
-                  out_shardings=run.shardings)()
-  run_id = reporting.new_run_id()
-  if config.init_from:
-    state = jax.device_put(load_init_weights(config.init_from, jax.device_get(state), run.cfg), run.shardings)
-    _say(f"Started run {run_id} from the weights in {config.init_from} (optimiser state fresh)")
-  else:
-    _say(f"Started run {run_id} from scratch (seed {config.seed})")
-  return Start(state=state, train_iter=train_iter, run_id=run_id, record=EvalRecord(), resumed=False,
-               metadata={})
-
-
-def _finished_summary(run: Run, checkpointer: ckpt_lib.Checkpointer) -> dict[str, Any] | None:
-  """The result of this run if its newest checkpoint already ends it (then nothing else is touched)."""
-  step = checkpointer.latest_good_step()
-  if step is None:
-    return None
-  metadata = checkpointer.saved_metadata(step)
-  if not metadata.get("finished") or (step < run.plan.total_steps and not metadata.get("early_stopped")):
-    return None
-  _check_resume_config(run, checkpointer.saved_config(step))
-  summary = metadata.get("last_eval") or {}
-  _say(f"Run {metadata.get('run_id')} in {run.workdir} is already finished at step {step}"
-       + (f": {reporting.format_eval_report(summary, step=metadata.get('last_full_step'))}" if summary else ".")
-       + "\nRaise --config.num_steps to train it further, or pass another --workdir for a new run.")
-  return summary
 
 
 # ==========================================================================================================
@@ -533,17 +336,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """Trains (or resumes) the run in `workdir`; returns the last full evaluation's summary."""
   workdir = workdir_lib.prepare(workdir)
   with workdir_lib.RunLock(workdir) as lock, workdir_lib.library_log(workdir):
-    run = _setup(config, workdir)
+    run = setup.build_run(config, workdir)
     with ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
                                best_metric="exact_accuracy", best_mode="max",
                                async_save=config.checkpoint.async_save) as checkpointer:
-      summary = _finished_summary(run, checkpointer)
+      summary = resume_lib.finished_summary(run, checkpointer)
       if summary is not None:
         return summary
       train_iter = pipeline.make_train_iterator(
           run.data_dir, global_batch_size=config.global_batch_size, seed=config.seed,
           process_index=jax.process_index(), process_count=jax.process_count(), worker_count=config.data_workers)
-      start = _resume(run, checkpointer, train_iter)
+      start = resume_lib.resume(run, checkpointer, train_iter)
       lock.record(start.run_id)
       programs = _compile(run)
       reporters = _reporters(run, start, int(jax.device_get(start.state.step)))
