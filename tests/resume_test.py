@@ -497,8 +497,12 @@ def test_init_from_hrm_jax_run_directory(reference, runs, env, data_dir, config,
     assert_bitwise_equal(getattr(started, name), getattr(final, name), name)
   assert int(started.step) == 1  # a new run: step count (and optimiser state) start fresh
 
-  # Resume order: once the run has its own checkpoint, the same command resumes it, not init_from.
+  # Resume order: once the run has its own checkpoint, the same command uses it, not init_from (here the
+  # 1-step run is finished, so it says so); a longer run resumes it.
   run = runs(env, workdir, data_dir, overrides)
+  assert run.wait() == 0, run.output
+  assert "is already finished at step 1" in run.output and "from the weights in" not in run.output
+  run = runs(env, workdir, data_dir, {**overrides, "num_steps": 2})
   assert run.wait() == 0, run.output
   assert "Resuming run" in run.output and "from the weights in" not in run.output
 

@@ -131,14 +131,19 @@ def fresh_start(run: Run, train_iter) -> Start:
 
 
 def finished_summary(run: Run, checkpointer: ckpt_lib.Checkpointer) -> dict[str, Any] | None:
-  """The result of this run if its newest checkpoint already ends it (then nothing else is touched)."""
+  """The result of this run if its newest checkpoint (verified) ends it; then nothing else is touched."""
   step = checkpointer.latest_good_step()
   if step is None:
     return None
   metadata = checkpointer.saved_metadata(step)
   if not metadata.get("finished") or (step < run.plan.total_steps and not metadata.get("early_stopped")):
     return None
-  check_resume_config(run, checkpointer.saved_config(step))
+  saved = checkpointer.saved_config(step)
+  check_resume_config(run, saved)
+  # Only an intact final checkpoint ends the run: a damaged one is moved aside and the run resumes before it.
+  target = _restore_target(run, saved.get("optimizer", {}).get("grad_clip_norm", 0.0))
+  if checkpointer.restore(target).step != step:
+    return None
   summary = metadata.get("last_eval") or {}
   say(f"Run {metadata.get('run_id')} in {run.workdir} is already finished at step {step}"
        + (f": {reporting.format_eval_report(summary, step=metadata.get('last_full_step'))}" if summary else ".")
