@@ -266,11 +266,6 @@ class Run:
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
-  found = config_lib.problems(config)
-  if found:
-    raise TrainingError(f"bad config: {'; '.join(found)}")
-  if config.distributed:
-    jax.distributed.initialize()
   data_dir = resolve_data_dir(config)
   meta = data_format.load_metadata(data_dir, "train")
   cfg = model_config_from(config, meta)

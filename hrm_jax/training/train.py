@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from hrm_jax import config as config_lib
 from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
 from hrm_jax.training import checkpoint as ckpt_lib
@@ -334,8 +335,16 @@ def _train_loop(run: Run, programs: Programs, checkpointer, reporters: Reporters
 # ==========================================================================================================
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the last full evaluation's summary."""
+  found = config_lib.problems(config)
+  if found:
+    raise TrainingError(f"bad config: {'; '.join(found)}")
+  if config.distributed and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
   workdir = workdir_lib.prepare(workdir)
-  with workdir_lib.RunLock(workdir) as lock, workdir_lib.library_log(workdir):
+  # The processes of one multi-host run share the workdir: process 0 owns it for all of them.
+  primary = jax.process_index() == 0
+  with workdir_lib.RunLock(workdir, enabled=primary) as lock, workdir_lib.library_log(
+      workdir, workdir_lib.LOG_FILE if primary else f"run.process{jax.process_index()}.log"):
     run = setup.build_run(config, workdir)
     with ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
                                best_metric="exact_accuracy", best_mode="max",

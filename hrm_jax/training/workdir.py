@@ -65,11 +65,14 @@ def prepare(workdir: str | os.PathLike) -> pathlib.Path:
 class RunLock:
   """Exclusive ownership of a workdir by this process (see the module docstring)."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, enabled: bool = True):
     self._workdir = workdir
+    self._enabled = enabled  # False on the other processes of a multi-host run: process 0 holds it
     self._lock = filelock.FileLock(str(workdir / LOCK_FILE), timeout=0)
 
   def acquire(self) -> "RunLock":
+    if not self._enabled:
+      return self
     try:
       self._lock.acquire()
     except filelock.Timeout:
@@ -86,6 +89,8 @@ class RunLock:
 
   def record(self, run_id: str | None) -> None:
     """Writes who holds the lock (pid, host, run id); called again once the run id is known."""
+    if not self._enabled:
+      return
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id,
              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = self._workdir / f"{OWNER_FILE}.tmp"
@@ -193,7 +198,7 @@ class _OneLine(logging.Formatter):
 
 
 @contextlib.contextmanager
-def library_log(workdir: pathlib.Path) -> Iterator[pathlib.Path | None]:
+def library_log(workdir: pathlib.Path, name: str = LOG_FILE) -> Iterator[pathlib.Path | None]:
   """Python logging to `<workdir>/run.log` (everything, with tracebacks); hrm_jax warnings also to stderr.
 
   absl's own stderr handler is detached meanwhile, so a library that logs a traceback (Orbax on a failed
@@ -201,7 +206,7 @@ def library_log(workdir: pathlib.Path) -> Iterator[pathlib.Path | None]:
   """
   root = logging.getLogger()
   try:
-    file_handler: logging.Handler | None = _QuietFileHandler(workdir / LOG_FILE)
+    file_handler: logging.Handler | None = _QuietFileHandler(workdir / name)
   except OSError:
     file_handler = None
   console = logging.StreamHandler()
@@ -218,7 +223,7 @@ def library_log(workdir: pathlib.Path) -> Iterator[pathlib.Path | None]:
   root.addHandler(console)
   logging.captureWarnings(True)  # libraries' warnings (torch, orbax) go to the file too
   try:
-    yield workdir / LOG_FILE if file_handler is not None else None
+    yield workdir / name if file_handler is not None else None
   finally:
     logging.captureWarnings(False)
     root.removeHandler(console)
