@@ -45,6 +45,11 @@ def make_smoke(c, data_dir: str, build_recipe: str):
   c.eval.batch_size = 32
   c.checkpoint.every_steps = 5
   c.eval.full_max_examples = 64  # ARC's test split holds 838 examples of length 900: keep smoke runs short
+  if build_recipe.startswith("arc"):  # sequence length 900: a smaller batch and evaluation (2 cores, < 2 min)
+    c.global_batch_size = 8
+    c.eval.subset_size = 16
+    c.eval.batch_size = 16
+    c.eval.full_max_examples = 32
   c.log.every_steps = 1
   c.log.progress_bar = True  # without a terminal: a plain line every progress_every_s
   c.log.progress_every_s = 5.0

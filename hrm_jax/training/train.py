@@ -129,18 +129,18 @@ class Reporters:
 
   def say(self, message: str) -> None:
     (self.progress.write if self.progress is not None else _say)(message)
+    self.status.spoke()
 
   def close(self) -> None:
     if self.progress is not None:
       self.progress.close()
-    self.status.close()
     try:
       self.writers.close()
     except OSError as e:  # a full disk: never hide the error that ended the run behind this one
       _log.warning("could not finish writing metrics: %s", e)
 
 
-def _reporters(run: Run, start: Start, step: int) -> Reporters:
+def _reporters(run: Run, start: Start, step: int, heartbeat: workdir_lib.Heartbeat) -> Reporters:
   config, workdir, is_main = run.config, run.workdir, run.is_main
   writers = reporting.make_writers(workdir, tensorboard=config.log.tensorboard,
                                    wandb_project=config.log.wandb_project or None, run_id=start.run_id,
@@ -155,8 +155,7 @@ def _reporters(run: Run, start: Start, step: int) -> Reporters:
   progress = reporting.ProgressBar(run.plan.total_steps, initial_step=step,
                                    plain_interval_s=config.log.progress_every_s) if (
       is_main and config.log.progress_bar) else None
-  heartbeat = workdir_lib.Heartbeat(status, interval_s=config.log.status_every_s,
-                                    say_every_s=config.log.progress_every_s if is_main else 0.0, say=_say)
+  heartbeat.attach(status, interval_s=config.log.status_every_s)
   heartbeat.update(force=True, step=step)
   if is_main:
     (workdir / "config.json").write_text(json.dumps(run.config_dict, indent=1))
@@ -273,6 +272,7 @@ def _log_step(run: Run, reporters: Reporters, host: dict[str, float], step: int,
     if stats is not None:
       shown["data_wait_fraction"] = stats.data_wait_fraction
     reporters.progress.update(step, shown, steps_per_s=rate)
+  reporters.status.spoke()  # a log step: the console or metrics moved on
 
 
 def _train_loop(run: Run, programs: Programs, checkpointer, reporters: Reporters, start: Start,
@@ -343,8 +343,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = workdir_lib.prepare(workdir)
   # The processes of one multi-host run share the workdir: process 0 owns it for all of them.
   primary = jax.process_index() == 0
+  heartbeat = workdir_lib.Heartbeat(say_every_s=config.log.progress_every_s if primary else 0.0, say=_say)
   with workdir_lib.RunLock(workdir, enabled=primary) as lock, workdir_lib.library_log(
-      workdir, workdir_lib.LOG_FILE if primary else f"run.process{jax.process_index()}.log"):
+      workdir, workdir_lib.LOG_FILE if primary else f"run.process{jax.process_index()}.log"), contextlib.closing(
+          heartbeat), heartbeat.phase("starting"):
     run = setup.build_run(config, workdir)
     with ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
                                best_metric="exact_accuracy", best_mode="max",
@@ -358,12 +360,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       start = resume_lib.resume(run, checkpointer, train_iter)
       lock.record(start.run_id)
       programs = _compile(run)
-      reporters = _reporters(run, start, int(jax.device_get(start.state.step)))
+      reporters = _reporters(run, start, int(jax.device_get(start.state.step)), heartbeat)
       end_state, message, last_full = "failed", "", None
       try:
-        with PreemptionGuard() as guard:
+        with PreemptionGuard() as guard, heartbeat.phase("training"):
           end_state, message, last_full = _train_loop(run, programs, checkpointer, reporters, start, guard)
-        with reporters.status.phase("saving"):
+        with heartbeat.phase("saving"):
           checkpointer.wait()
       except BaseException as e:
         message = f"{type(e).__name__}: {e}"

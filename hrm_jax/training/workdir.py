@@ -119,12 +119,13 @@ class RunLock:
 class Heartbeat:
   """Serialises every use of a `reporting.StatusFile` and rewrites it every `interval_s` from a thread.
 
-  `phase(name)` marks a stretch without training steps (compiling, evaluating, saving): while it lasts the
-  heartbeat prints `still <name> (N s)` every `say_every_s` seconds (0: never), so a console never goes
-  quiet for long.
+  `phase(name)` names what the run is doing (starting, compiling, training, evaluating, saving; phases nest).
+  Whenever the console has been quiet for `say_every_s` seconds (0: never) the heartbeat prints
+  `  ... still <phase> (N s)`; the loop calls `spoke()` when it printed a line itself. `status` may be
+  attached later (`attach`), so the start-up phases are covered before the run id is known.
   """
 
-  def __init__(self, status, *, interval_s: float = 10.0, say_every_s: float = 0.0,
+  def __init__(self, status=None, *, interval_s: float = 10.0, say_every_s: float = 0.0,
                say: Callable[[str], None] = print):
     self._status = status
     self._interval_s = interval_s
@@ -132,49 +133,59 @@ class Heartbeat:
     self._say = say
     self._lock = threading.Lock()
     self._stop = threading.Event()
-    self._phase: tuple[str, float] | None = None
-    self._last_said = 0.0
+    self._phases: list[tuple[str, float]] = []
+    self._last_said = time.monotonic()
     self.failures = 0
     self._thread = threading.Thread(target=self._run, daemon=True, name="hrm-heartbeat")
     self._thread.start()
 
+  def attach(self, status, interval_s: float | None = None) -> None:
+    with self._lock:
+      self._status = status
+      self._interval_s = interval_s or self._interval_s
+
   def _run(self) -> None:
-    tick = min(self._interval_s, self._say_every_s or self._interval_s, 1.0)
     last_beat = time.monotonic()
-    while not self._stop.wait(tick):
+    while not self._stop.wait(min(self._interval_s, self._say_every_s or self._interval_s, 1.0)):
       now = time.monotonic()
       if now - last_beat >= self._interval_s:
         last_beat = now
         self.update(force=True)
-      phase = self._phase
-      if phase and self._say_every_s and now - max(phase[1], self._last_said) >= self._say_every_s:
+      phases = list(self._phases)
+      if phases and self._say_every_s and now - self._last_said >= self._say_every_s:
         self._last_said = now
-        self._say(f"  ... still {phase[0]} ({now - phase[1]:.0f} s)")
+        name, since = phases[-1]
+        self._say(f"  ... still {name} ({now - since:.0f} s)")
+
+  def spoke(self) -> None:
+    self._last_said = time.monotonic()
 
   def update(self, force: bool = False, **fields) -> None:
-    self._call(self._status.update, force=force, **fields)
+    self._call("update", force=force, **fields)
 
   def record_eval(self, step: int, summary: dict[str, Any]) -> None:
-    self._call(self._status.record_eval, step, summary)
+    self._call("record_eval", step, summary)
 
   def finish(self, state: str, message: str) -> None:
-    self._call(self._status.finish, state, message)
+    self._call("finish", state, message)
 
-  def _call(self, method, *args, **kwargs) -> None:
+  def _call(self, method: str, *args, **kwargs) -> None:
     with self._lock:
+      if self._status is None:
+        return
       try:
-        method(*args, **kwargs)
+        getattr(self._status, method)(*args, **kwargs)
       except OSError as e:  # a full disk must not end the run here; the next save says so
         self.failures += 1
         logging.getLogger(__name__).warning("could not write %s: %s", self._status.path, e)
 
   @contextlib.contextmanager
   def phase(self, name: str) -> Iterator[None]:
-    self._phase = (name, time.monotonic())
+    self._phases.append((name, time.monotonic()))
     try:
       yield
     finally:
-      self._phase = None
+      self._phases.pop()
 
   def close(self) -> None:
     self._stop.set()
