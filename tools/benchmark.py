@@ -225,15 +225,15 @@ class JaxTrain:
 
   def __init__(self, cfg: ModelConfig, batch_size: int, batches: list[dict[str, np.ndarray]], seed: int):
     schedule = lambda base: optim.make_lr_schedule(base, warmup_steps=WARMUP_STEPS, total_steps=TOTAL_STEPS)
-    dense_opt = optim.make_dense_optimizer(schedule(LR), b1=BETAS[0], b2=BETAS[1],
-                                           weight_decay=WEIGHT_DECAY)
-    self.state = jax.jit(lambda: create_train_state(cfg, dense_opt, batch_size, seed))()
+    optimizer = optim.hrm_optimizer(
+        optim.make_dense_optimizer(schedule(LR), b1=BETAS[0], b2=BETAS[1], weight_decay=WEIGHT_DECAY),
+        optim.sparse_signsgd(schedule(PUZZLE_EMB_LR), PUZZLE_EMB_WEIGHT_DECAY))
+    self.state = jax.jit(lambda: create_train_state(cfg, optimizer, batch_size, seed))()
     # Host copies (not views of buffers that the first step donates).
     self.initial_weights = jax.tree.map(
         np.array, jax.device_get((self.state.params, self.state.buffers, self.state.puzzle_table)))
-    step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size,
-                          puzzle_emb_weight_decay=PUZZLE_EMB_WEIGHT_DECAY)
-    jitted = jax.jit(make_train_step(step_cfg, dense_opt, schedule(PUZZLE_EMB_LR)), donate_argnums=0)
+    step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size)
+    jitted = jax.jit(make_train_step(step_cfg, optimizer), donate_argnums=0)
     self.batches = [jax.device_put(b) for b in batches]
     self.compiled, self.lower_s, self.compile_s = _compile_timed(jitted, self.state, self.batches[0])
     self.calls = 0
@@ -399,7 +399,8 @@ def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup:
     make_torch = lambda compile_model: TorchTrain(cfg, batch_size, batches, jax_runner.initial_weights,
                                                   torch_device, compile_model)
   else:
-    state = jax.jit(lambda: create_train_state(cfg, optim.make_dense_optimizer(LR), batch_size, seed))()
+    optimizer = optim.hrm_optimizer(optim.make_dense_optimizer(LR), optim.sparse_signsgd(PUZZLE_EMB_LR, 0.0))
+    state = jax.jit(lambda: create_train_state(cfg, optimizer, batch_size, seed))()
     weights = jax.device_get((state.params, state.buffers, state.puzzle_table))
     jax_runner = JaxEval(cfg, batches, weights)
     make_torch = lambda compile_model: TorchEval(cfg, batch_size, batches, weights, torch_device,
