@@ -49,8 +49,7 @@ class ProgressBar:
       isatty = getattr(self._stream, "isatty", None)
       is_tty = bool(isatty and isatty())
     self.is_tty = is_tty
-    self._plain_interval_s = plain_interval_s
-    self._redraw_interval_s = redraw_interval_s
+    self._interval_s = redraw_interval_s if is_tty else plain_interval_s
     self._metric_keys = metric_keys
     self._clock = clock
     self._step = initial_step
@@ -88,8 +87,7 @@ class ProgressBar:
       self._measured_rate = rate if self._measured_rate is None else 0.3 * rate + 0.7 * self._measured_rate
       self._rate_anchor = (now, step)
     finished = step >= self.total_steps
-    interval = self._redraw_interval_s if self.is_tty else self._plain_interval_s
-    if force or finished or self._last_render is None or now - self._last_render >= interval:
+    if force or finished or self._last_render is None or now - self._last_render >= self._interval_s:
       self._render(now)
 
   def line(self) -> str:
