@@ -3,7 +3,9 @@
 import io
 import json
 import math
+import pathlib
 import re
+import subprocess
 import sys
 import threading
 import types
@@ -111,6 +113,21 @@ def test_tensorboard_event_records_pass_the_strict_crc_checking_reader(tmp_path)
   reader.GetNext()
   with pytest.raises(Exception, match="crc32 check"):
     reader.GetNext()
+
+
+def test_tensorboard_writer_does_not_import_torch_or_boto3_but_leaves_them_importable(tmp_path):
+  script = (
+      "import importlib.util, sys\n"
+      "from hrm_jax.training import reporting\n"
+      f"w = reporting.TensorBoardWriter({str(tmp_path)!r}); w.scalar('x', 1.0, 1); w.close()\n"
+      "assert 'torch' not in sys.modules and 'boto3' not in sys.modules, sorted(sys.modules)\n"
+      "if importlib.util.find_spec('torch') is not None:\n"
+      "  import torch; print('torch importable', torch.__name__)\n"
+      "print('OK')\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
+  assert [(e.step, e.value) for e in _load(tmp_path).Scalars("x")] == [(1, 1.0)]
 
 
 def test_tensorboard_writer_rejects_unusable_logdir(tmp_path):

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pathlib
+import sys
 import time
+import types
 from typing import Any, Mapping
-
-from tensorboardX import event_file_writer
-from tensorboardX.proto import event_pb2
-from tensorboardX.proto import summary_pb2
 
 from hrm_jax.training.reporting.values import PathLike, to_float
 
 _EVENT_FILE_COUNTER = itertools.count()
+
+
+# Optional imports tensorboardX makes at import time for features scalars never use: PyTorch tensors
+# (`writer.py`: `try: import torch`, for a type alias) and S3 event files (`record_writer.py`: `try: import
+# boto3`). Installed, they cost seconds of start-up and hundreds of MB.
+_UNUSED_OPTIONAL_IMPORTS = ("torch", "boto3")
+
+
+@functools.cache
+def _tensorboardx() -> types.SimpleNamespace:
+  """tensorboardX's event writer and protos, imported on first use without its unused optional imports.
+
+  Those not already loaded are hidden for the duration of the import (tensorboardX then takes its
+  without-them path) and importable again afterwards.
+  """
+  hidden = [name for name in _UNUSED_OPTIONAL_IMPORTS if name not in sys.modules]
+  for name in hidden:
+    sys.modules[name] = None  # `import name` raises ImportError while this is in place.
+  try:
+    from tensorboardX import event_file_writer  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=import-outside-toplevel
+  finally:
+    for name in hidden:
+      if sys.modules.get(name, ...) is None:
+        del sys.modules[name]
+  return types.SimpleNamespace(EventsWriter=event_file_writer.EventsWriter, Event=event_pb2.Event,
+                               Summary=summary_pb2.Summary)
 
 
 class TensorBoardWriter:
@@ -32,7 +58,7 @@ class TensorBoardWriter:
     suffix = f".{os.getpid()}.{next(_EVENT_FILE_COUNTER)}"
     try:
       self.logdir.mkdir(parents=True, exist_ok=True)
-      self._events = event_file_writer.EventsWriter(str(self.logdir / "events"), filename_suffix=suffix)
+      self._events = _tensorboardx().EventsWriter(str(self.logdir / "events"), filename_suffix=suffix)
     except OSError as e:
       raise OSError(
           f"cannot create the TensorBoard folder or event file in {self.logdir}: {e.strerror or e}. "
@@ -52,7 +78,8 @@ class TensorBoardWriter:
     """Logs every scalar in `values` as `prefix/name` in one event; non-scalar entries are skipped."""
     if self._closed:
       raise ValueError(f"TensorBoardWriter for {self.path} is closed")
-    summary = summary_pb2.Summary()
+    tbx = _tensorboardx()
+    summary = tbx.Summary()
     for name, value in values.items():
       try:
         number = to_float(value)
@@ -61,7 +88,7 @@ class TensorBoardWriter:
       summary.value.add(tag=f"{prefix}/{name}" if prefix else str(name), simple_value=number)
     if not summary.value:
       return
-    self._events.write_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+    self._events.write_event(tbx.Event(wall_time=time.time(), step=int(step), summary=summary))
     if time.monotonic() - self._last_flush >= self._flush_secs:
       self.flush()
 
