@@ -163,7 +163,7 @@ def plan_run(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadat
 
 
 def make_optimizers(config: ml_collections.ConfigDict, plan: RunPlan):
-  """(the run's one optimiser `optim.hrm_optimizer(dense, sparse SignSGD)`, dense lr schedule, puzzle lr schedule)."""
+  """(the run's one optimiser: `optim.hrm_optimizer(dense, sparse_signsgd)`, dense lr, puzzle-table lr schedule)."""
   opt = config.optimizer
   schedule = lambda base: optim.make_lr_schedule(
       base, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_ratio=opt.lr_min_ratio,
