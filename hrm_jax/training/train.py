@@ -125,8 +125,10 @@ def dataset_identity(data_dir: pathlib.Path, meta: data_format.DatasetMetadata) 
 
 
 def model_config_from(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadata) -> ModelConfig:
-  return ModelConfig(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                     num_puzzle_identifiers=meta.num_puzzle_identifiers, **config.model.to_dict())
+  cfg = ModelConfig(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                    num_puzzle_identifiers=meta.num_puzzle_identifiers, **config.model.to_dict())
+  cfg.check_platform(jax.default_backend())  # e.g. attention_impl='cudnn' on a CPU
+  return cfg
 
 
 def loss_config_from(config: ml_collections.ConfigDict) -> LossConfig:
