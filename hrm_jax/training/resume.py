@@ -18,7 +18,7 @@ from hrm_jax.training import optim
 from hrm_jax.training import reporting
 from hrm_jax.training.errors import TrainingError
 from hrm_jax.training.policy import EvalRecord
-from hrm_jax.training.setup import Run, load_init_weights, say, state_shardings
+from hrm_jax.training.setup import Run, load_init_weights, make_optimizers, say, state_shardings
 from hrm_jax.training.train_step import create_train_state
 
 
@@ -67,18 +67,19 @@ def _restore_target(run: Run, saved_clip: float) -> Any:
   """The abstract state in the checkpoint's layout: clipping on or off changes the optimiser state's tree."""
   state = run.abstract_state
   if bool(saved_clip) != bool(run.config.optimizer.grad_clip_norm):
-    opt = optim.make_dense_optimizer(lambda _: 0.0, name=run.config.optimizer.name,
-                                     grad_clip_norm=saved_clip or None)
-    state = state.replace(opt_state=jax.eval_shape(opt.init, state.params))
+    optimizer, _, _ = make_optimizers(run.config, run.plan, grad_clip_norm=saved_clip)
+    opt_state = jax.eval_shape(lambda s: optimizer.init(optim.WithPuzzleEmb(s.params, s.puzzle_table)), state)
+    state = state.replace(opt_state=opt_state)
   shardings = state_shardings(run.mesh, state)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
 
 
-def _adapt_opt_state(opt_state: Any, saved_clip: float, clip: float) -> Any:
-  """Clipping switched on (off) wraps (unwraps) the optimiser state in optax.chain's (EmptyState(), ...)."""
+def _adapt_opt_state(opt_state: optim.WithPuzzleEmb, saved_clip: float, clip: float) -> optim.WithPuzzleEmb:
+  """Clipping switched on (off) wraps (unwraps) the dense state in optax.chain's (EmptyState(), ...)."""
   if bool(saved_clip) == bool(clip):
     return opt_state
-  return (optax.EmptyState(), opt_state) if clip else opt_state[1]
+  dense = (optax.EmptyState(), opt_state.dense) if clip else opt_state.dense[1]
+  return opt_state._replace(dense=dense)
 
 
 def resume(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter) -> Start:
@@ -118,7 +119,7 @@ def resume(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter) -> Start:
 
 def fresh_start(run: Run, train_iter) -> Start:
   config = run.config
-  state = jax.jit(lambda: create_train_state(run.cfg, run.dense_opt, config.global_batch_size, config.seed),
+  state = jax.jit(lambda: create_train_state(run.cfg, run.optimizer, config.global_batch_size, config.seed),
                   out_shardings=run.shardings)()
   run_id = reporting.new_run_id()
   if config.init_from:

@@ -109,8 +109,13 @@ def dataset_identity(data_dir: pathlib.Path, meta: data_format.DatasetMetadata) 
 
 
 def model_config_from(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadata) -> ModelConfig:
-  return ModelConfig(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                     num_puzzle_identifiers=meta.num_puzzle_identifiers, **config.model.to_dict())
+  try:
+    cfg = ModelConfig(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                      num_puzzle_identifiers=meta.num_puzzle_identifiers, **config.model.to_dict())
+    cfg.check_platform(jax.default_backend())  # e.g. attention_impl='cudnn' on a CPU
+  except ValueError as e:
+    raise TrainingError(" ".join(str(e).split())) from None
+  return cfg
 
 
 def loss_config_from(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> LossConfig:
@@ -153,15 +158,29 @@ def plan_run(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadat
                  epochs=total / steps_per_epoch, samples=total * batch, eval_every_steps=eval_every)
 
 
-def make_optimizers(config: ml_collections.ConfigDict, plan: RunPlan):
+def make_dense_optimizer(config: ml_collections.ConfigDict, plan: RunPlan,
+                         grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+  """The dense half of the run's optimiser; `grad_clip_norm` overrides the config's (a checkpoint's layout)."""
   opt = config.optimizer
-  schedule = lambda base: optim.make_lr_schedule(
-      base, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_ratio=opt.lr_min_ratio,
-      restart_every=opt.restart_every_steps)
-  dense = optim.make_dense_optimizer(
-      schedule(opt.lr), name=opt.name, b1=opt.beta1, b2=opt.beta2, weight_decay=opt.weight_decay,
-      eps=opt.eps, grad_clip_norm=opt.grad_clip_norm or None)
-  return dense, schedule(opt.lr), schedule(opt.puzzle_emb_lr)
+  clip = opt.grad_clip_norm if grad_clip_norm is None else grad_clip_norm
+  return optim.make_dense_optimizer(
+      _schedule(config, plan, opt.lr), name=opt.name, b1=opt.beta1, b2=opt.beta2,
+      weight_decay=opt.weight_decay, eps=opt.eps, grad_clip_norm=clip or None)
+
+
+def _schedule(config: ml_collections.ConfigDict, plan: RunPlan, base: float) -> optax.Schedule:
+  opt = config.optimizer
+  return optim.make_lr_schedule(base, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps,
+                                min_ratio=opt.lr_min_ratio, restart_every=opt.restart_every_steps)
+
+
+def make_optimizers(config: ml_collections.ConfigDict, plan: RunPlan, grad_clip_norm: float | None = None):
+  """(the run's one optimiser: `optim.hrm_optimizer(dense, sparse_signsgd)`, dense lr, puzzle-table lr schedule)."""
+  opt = config.optimizer
+  emb_schedule = _schedule(config, plan, opt.puzzle_emb_lr)
+  optimizer = optim.hrm_optimizer(make_dense_optimizer(config, plan, grad_clip_norm),
+                                  optim.sparse_signsgd(emb_schedule, opt.puzzle_emb_weight_decay))
+  return optimizer, _schedule(config, plan, opt.lr), emb_schedule
 
 
 def state_shardings(mesh: Mesh, abstract_state: TrainState) -> TrainState:
@@ -245,7 +264,7 @@ class Run:
   cfg: Any  # ModelConfig
   loss_cfg: Any  # LossConfig
   plan: RunPlan
-  dense_opt: optax.GradientTransformation
+  optimizer: optax.GradientTransformation  # optim.hrm_optimizer(dense, sparse SignSGD)
   lr_schedule: optax.Schedule
   emb_schedule: optax.Schedule
   mesh: Mesh
@@ -277,9 +296,9 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
   eval_bs = config.eval.batch_size or gbs
   if eval_bs % num_devices:
     raise TrainingError(f"eval.batch_size={eval_bs} must be divisible by the {num_devices} devices.")
-  dense_opt, lr_schedule, emb_schedule = make_optimizers(config, plan)
+  optimizer, lr_schedule, emb_schedule = make_optimizers(config, plan)
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, dense_opt, gbs, config.seed))
+  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, optimizer, gbs, config.seed))
   config_dict = json.loads(config.to_json_best_effort())
   # Derived, not a setting: data_dir may change on resume (a dataset moved), the training data may not.
   config_dict["dataset"] = dataset_identity(data_dir, meta)
@@ -291,7 +310,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
        f"samples (global batch {gbs}; 1 epoch = {plan.steps_per_epoch:,.2f} steps); warmup "
        f"{plan.warmup_steps:,} steps; evaluation every {plan.eval_every_steps:,} steps")
   return Run(config=config, config_dict=config_dict, workdir=workdir, data_dir=data_dir, cfg=cfg,
-             loss_cfg=loss_cfg, plan=plan, dense_opt=dense_opt, lr_schedule=lr_schedule,
+             loss_cfg=loss_cfg, plan=plan, optimizer=optimizer, lr_schedule=lr_schedule,
              emb_schedule=emb_schedule, mesh=mesh, abstract_state=abstract_state,
              shardings=state_shardings(mesh, abstract_state), eval_batch_size=eval_bs,
              eval_policy=EvalPolicy.from_config(config, plan.eval_every_steps),

@@ -108,9 +108,8 @@ class Programs:
 def _compile(run: Run) -> Programs:
   config, replicated = run.config, NamedSharding(run.mesh, P())
   step_cfg = StepConfig(model=run.cfg, loss=run.loss_cfg, global_batch_size=config.global_batch_size,
-                        puzzle_emb_weight_decay=config.optimizer.puzzle_emb_weight_decay,
                         grad_accum_steps=config.grad_accum_steps)
-  train_step = jax.jit(make_train_step(step_cfg, run.dense_opt, run.emb_schedule),
+  train_step = jax.jit(make_train_step(step_cfg, run.optimizer),
                        in_shardings=(run.shardings, NamedSharding(run.mesh, P("data"))),
                        out_shardings=(run.shardings, replicated), donate_argnums=0)
   eval_cfg = eval_lib.EvalConfig(halt_on_q=config.eval.halt_on_q,
