@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hrm_jax.data import arc
-from hrm_jax.training import arc_eval
+from hrm_jax.evaluation import arc_eval
 
 
 def _row(grid_in, grid_out, pred, name):

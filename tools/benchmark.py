@@ -50,7 +50,7 @@ import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hrm_jax.convert import torch_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hrm_jax.model.config import ModelConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hrm_jax.model.losses import IGNORE_LABEL_ID, LossConfig  # pylint: disable=wrong-import-position
-from hrm_jax.training import evaluate as eval_lib  # pylint: disable=wrong-import-position
+from hrm_jax.evaluation import evaluate as eval_lib  # pylint: disable=wrong-import-position
 from hrm_jax.training import optim  # pylint: disable=wrong-import-position
 from hrm_jax.training.train_step import (  # pylint: disable=wrong-import-position
     StepConfig, create_train_state, make_train_step)

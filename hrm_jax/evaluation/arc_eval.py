@@ -1,6 +1,6 @@
 """ARC pass@k as the original's `arc_eval.ipynb` computes it, from saved evaluation predictions.
 
-  python -m hrm_jax.training.arc_eval workdirs/arc1/predictions/step_N.npz --data-dir data/arc-aug-1000
+  python -m hrm_jax.evaluation.arc_eval workdirs/arc1/predictions/step_N.npz --data-dir data/arc-aug-1000
 
 Every augmented copy of an evaluation task's test input votes for an answer: its predicted grid is cropped to
 the largest top-left colour rectangle, mapped back through the inverse dihedral transform and the inverse colour
