@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import hashlib
 import pathlib
 import sys
@@ -31,42 +32,70 @@ def _hash(grid: np.ndarray) -> str:
   return hashlib.sha256(np.asarray(grid.shape, np.int64).tobytes() + grid.tobytes()).hexdigest()
 
 
-def arc_pass_at_k(predictions: dict[str, np.ndarray], identifiers: Sequence[str],
-                  ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-  """pass@k over tasks from predictions holding inputs, labels, preds, q_halt_logits, puzzle_identifiers."""
+@dataclasses.dataclass
+class TestInput:
+  """One test input of an evaluation task: its true output (if an un-augmented copy was evaluated) and the
+  de-augmented answers of all its copies, best first (most votes, ties broken by mean sigmoid(q_halt))."""
+
+  task: str
+  truth: str | None
+  ranked: list[tuple[str, np.ndarray, int, float]]  # (hash, grid, votes, mean q)
+  order: int  # first row of the un-augmented copy (else of any copy): the task file's order of test inputs
+
+
+def vote(predictions: dict[str, np.ndarray], identifiers: Sequence[str]) -> list[TestInput]:
+  """Groups rows by (task, de-augmented input) and ranks their de-augmented predicted grids."""
   ids = np.asarray(predictions["puzzle_identifiers"])
-  keep = ids != 0  # blank identifier: padding rows
-  truth: dict[tuple[str, str], str] = {}
-  votes: dict[tuple[str, str], dict[str, list[float]]] = collections.defaultdict(dict)
   q_prob = 1.0 / (1.0 + np.exp(-np.asarray(predictions["q_halt_logits"], np.float64)))
-  for row in np.flatnonzero(keep):
+  inputs: dict[tuple[str, str], TestInput] = {}
+  answers: dict[tuple[str, str], dict[str, list]] = collections.defaultdict(dict)
+  for row in np.flatnonzero(ids != 0):  # blank identifier: padding rows
     name = identifiers[int(ids[row])]
     base, _, _ = arc.parse_augmentation(name)
     input_grid = arc.invert_augmentation(arc.crop_grid(predictions["inputs"][row]), name)
     key = (base, _hash(input_grid))
+    entry = inputs.setdefault(key, TestInput(base, None, [], int(row)))
     if name == base:  # the un-augmented copy carries the ground truth
-      truth[key] = _hash(arc.crop_grid(predictions["labels"][row]))
-    answer = _hash(arc.invert_augmentation(arc.crop_grid(predictions["preds"][row]), name))
-    entry = votes[key].setdefault(answer, [0, 0.0])
-    entry[0] += 1
-    entry[1] += q_prob[row]
+      entry.truth = _hash(arc.crop_grid(predictions["labels"][row]))
+      entry.order = int(row)
+    grid = arc.invert_augmentation(arc.crop_grid(predictions["preds"][row]), name)
+    slot = answers[key].setdefault(_hash(grid), [grid, 0, 0.0])
+    slot[1] += 1
+    slot[2] += q_prob[row]
+  for key, entry in inputs.items():
+    ranked = sorted(answers[key].items(), key=lambda item: (item[1][1], item[1][2] / item[1][1]), reverse=True)
+    entry.ranked = [(h, grid, count, q_sum / count) for h, (grid, count, q_sum) in ranked]
+  return list(inputs.values())
 
-  solved_inputs = {k: {} for k in ks}
-  for key, answers in votes.items():
-    if key not in truth:
-      continue  # no un-augmented copy of this test input was evaluated (e.g. a subset evaluation)
-    ranked = sorted(answers.items(), key=lambda item: (item[1][0], item[1][1] / item[1][0]), reverse=True)
-    ranked_hashes = [h for h, _ in ranked]
-    for k in ks:
-      solved_inputs[k][key] = truth[key] in ranked_hashes[:k]
-  tasks = sorted({base for base, _ in truth})
-  result: dict[str, float] = {"arc_tasks": float(len(tasks)), "arc_test_inputs": float(len(truth))}
+
+def arc_pass_at_k(predictions: dict[str, np.ndarray], identifiers: Sequence[str],
+                  ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+  """pass@k over tasks from predictions holding inputs, labels, preds, q_halt_logits, puzzle_identifiers."""
+  # Test inputs without an un-augmented copy (e.g. a subset evaluation) have no ground truth and are skipped.
+  scored = [t for t in vote(predictions, identifiers) if t.truth is not None]
+  tasks = sorted({t.task for t in scored})
+  result: dict[str, float] = {"arc_tasks": float(len(tasks)), "arc_test_inputs": float(len(scored))}
   for k in ks:
     per_task = collections.defaultdict(list)
-    for (base, _), ok in solved_inputs[k].items():
-      per_task[base].append(ok)
+    for t in scored:
+      per_task[t.task].append(t.truth in [h for h, *_ in t.ranked[:k]])
     result[f"arc_pass@{k}"] = (sum(all(v) for v in per_task.values()) / len(tasks)) if tasks else 0.0
   return result
+
+
+def submission(predictions: dict[str, np.ndarray], identifiers: Sequence[str]) -> dict[str, list[dict]]:
+  """The Kaggle ARC Prize layout: {task: [{"attempt_1": grid, "attempt_2": grid} per test input, in order]}.
+
+  Attempts are the two best-voted answers; with a single distinct answer both attempts are that answer.
+  An empty (0x0) predicted grid is not a valid ARC grid and is written as [[0]].
+  """
+  as_list = lambda grid: grid.astype(int).tolist() if grid.size else [[0]]
+  out: dict[str, list[dict]] = {}
+  for t in sorted(vote(predictions, identifiers), key=lambda t: (t.task, t.order)):
+    grids = [g for _, g, _, _ in t.ranked[:2]]
+    grids += grids[-1:] * (2 - len(grids))
+    out.setdefault(t.task, []).append({"attempt_1": as_list(grids[0]), "attempt_2": as_list(grids[1])})
+  return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
