@@ -233,6 +233,8 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
       fields[key] = arch[key]
     else:
       fields[key] = default
+      if all_config is not None and key not in UNINFERABLE_KEYS:
+        continue  # the original's own code default (its config class), which its all_config.yaml leaves out
       notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
                    f"default {default!r} (override it if the run used another value)")
   if mlp_width is not None:
