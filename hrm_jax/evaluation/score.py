@@ -112,6 +112,7 @@ def evaluate_model(model: LoadedModel, data_dir: pathlib.Path, *, split: str = "
     report["submission"] = str(out_dir / SUBMISSION_FILE)
   if out_dir is not None:
     report["predictions"] = str(save_to)
+    report["report"] = str(out_dir / REPORT_FILE)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
   return report
 
@@ -135,7 +136,7 @@ def format_report(report: dict[str, Any]) -> str:
   for k in (1, 2, 10, 100, 1000):
     if f"arc_pass@{k}" in report:
       lines.append(f"ARC pass@{k:<5}   {report[f'arc_pass@{k}']:.2%}  ({int(report['arc_tasks'])} tasks)")
-  for key in ("submission", "predictions"):
+  for key in ("submission", "predictions", "report"):
     if key in report:
       lines.append(f"wrote {report[key]}")
   return "\n".join(lines)
