@@ -15,6 +15,7 @@ invalid, 1 for a bad puzzle, checkpoint or flag (one line on stderr), 2 for a ba
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import sys
 from typing import Sequence
@@ -26,17 +27,23 @@ from hrm_jax.evaluation import cli
 WRONG_ANSWER = 3
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_infer(cfg, halt_max_steps, early_halt):
+  import jax  # pylint: disable=import-outside-toplevel
+  from hrm_jax.model import hrm  # pylint: disable=import-outside-toplevel
+  return jax.jit(lambda p, b, t, x: hrm.infer(p, b, cfg, t, x, halt_on_q=early_halt, halt_max_steps=halt_max_steps))
+
+
 def _infer(model, inputs_BxS: np.ndarray, puzzle_ids_B: np.ndarray, halt_max_steps, early_halt):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from hrm_jax.model import hrm  # pylint: disable=import-outside-toplevel
   cfg = model.model_config
   batch = {"inputs": jnp.asarray(inputs_BxS, jnp.int32), "labels": jnp.zeros_like(jnp.asarray(inputs_BxS, jnp.int32)),
            "puzzle_identifiers": jnp.asarray(puzzle_ids_B, jnp.int32)}
   table = None if model.puzzle_table is None else jnp.asarray(model.puzzle_table, jnp.float32)
-  run = jax.jit(lambda p, b, t, x: hrm.infer(p, b, cfg, t, x, halt_on_q=early_halt, halt_max_steps=halt_max_steps))
-  out = run(jax.tree.map(jnp.asarray, model.params), {k: jnp.asarray(v, cfg.dtype) for k, v in model.buffers.items()},
-            table, batch)
+  out = _jitted_infer(cfg, halt_max_steps, early_halt)(
+      jax.tree.map(jnp.asarray, model.params), {k: jnp.asarray(v, cfg.dtype) for k, v in model.buffers.items()},
+      table, batch)
   return {"preds": np.asarray(jnp.argmax(out["logits"], -1)), "q_halt": np.asarray(out["q_halt_logits"], np.float64),
           "steps": np.asarray(out["steps"])}
 

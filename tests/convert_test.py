@@ -451,21 +451,20 @@ def test_to_torch_writes_an_all_config_yaml_the_original_builds_its_model_from(f
   assert code == 1 and "already describes another model" in err and not (tmp_path / "out" / "step_1").exists()
 
 
-def test_a_demo_run_round_trips_through_torch_with_identical_predictions_and_no_flags(tmp_path_factory, tmp_path):
+def test_a_demo_run_round_trips_through_torch_with_identical_predictions_and_no_flags(tmp_path_factory, tmp_path,
+                                                                                        capsys):
   import demo_run  # pylint: disable=import-outside-toplevel
+  from hrm_jax import evaluate as evaluate_cli  # pylint: disable=import-outside-toplevel
   workdir, data = demo_run.trained_demo(tmp_path_factory)
   (tmp_path / "torch").mkdir()
-  steps = [demo_run.run_cli("hrm_jax.convert", "to-torch", workdir, "--output", tmp_path / "torch" / "step_500"),
-           demo_run.run_cli("hrm_jax.convert", "to-jax", tmp_path / "torch" / "step_500", "--output",
-                            tmp_path / "back.npz")]
-  for proc in steps:
-    assert proc.returncode == 0, proc.stderr
-  assert "note:" not in steps[1].stdout  # nothing guessed
-  for name, checkpoint in (("run", workdir), ("npz", tmp_path / "back.npz"),
-                           ("torch", tmp_path / "torch" / "step_500")):
-    proc = demo_run.run_cli("hrm_jax.evaluate", "--checkpoint", checkpoint, "--data", data, "--out", tmp_path / name,
-                            "--no-progress", "--batch-size", 256, *(["--step", 500] if name == "run" else []))
-    assert proc.returncode == 0, proc.stderr
+  step_file = tmp_path / "torch" / "step_500"
+  assert convert_cli.main(["to-torch", str(workdir), "--output", str(step_file)]) == 0
+  assert convert_cli.main(["to-jax", str(step_file), "--output", str(tmp_path / "back.npz")]) == 0
+  assert "note:" not in capsys.readouterr().out  # nothing guessed
+  for name, checkpoint in (("run", workdir), ("npz", tmp_path / "back.npz"), ("torch", step_file)):
+    code = evaluate_cli.main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / name),
+                              "--no-progress", "--batch-size", "256"])
+    assert code == 0, capsys.readouterr().err
   reference = np.load(tmp_path / "run" / "predictions.npz")
   for name in ("npz", "torch"):
     got = np.load(tmp_path / name / "predictions.npz")
