@@ -116,6 +116,7 @@ def _write_task(path, train, test):
                               "test": [{"input": i, "output": o} for i, o in test]}))
 
 
+@pytest.mark.slow  # ~20 s: compiles a 900-position model; the layout itself is checked by the test above
 def test_evaluate_on_an_arc_dataset_writes_pass_at_k_and_a_kaggle_submission(tmp_path, capsys):
   from hrm_jax import evaluate as evaluate_cli  # pylint: disable=import-outside-toplevel
   from hrm_jax.convert import npz_file  # pylint: disable=import-outside-toplevel
