@@ -41,6 +41,11 @@ def load_model(args: argparse.Namespace, seq_len: int | None = None):
                                 seq_len=seq_len, original_defaults=args.original_defaults)
   for note in model.notes:
     print(f"note: {note}", file=sys.stderr)
+  import jax  # pylint: disable=import-outside-toplevel
+  try:  # e.g. a model trained with cuDNN attention, used on a CPU
+    model.model_config.check_platform(jax.default_backend())
+  except ValueError as e:
+    raise UsageError(f"{e}: pass --set attention_impl=auto") from None
   return model
 
 
