@@ -8,8 +8,8 @@ The whole inference is exported: every ACT segment (`--segments N`, default the 
 StableHLO is `jax.export`'s serialized form: `jax.export.deserialize(open(FILE, 'rb').read()).call(inputs,
 puzzle_identifiers)` runs it with JAX alone. ONNX goes through jax2onnx (pip install -r requirements-onnx.txt).
 FILE.json describes inputs, outputs and the model. After writing, the export is run on a check batch and
-compared with the in-process model (printed). Exit status: 0 on success, 1 for a bad checkpoint or flag or a
-failed check (one line on stderr), 2 for a bad command line.
+compared with the in-process model (printed). Exit status: 0 on success, 1 for a bad checkpoint or flag
+(one line on stderr), 2 for a bad command line.
 """
 
 from __future__ import annotations
