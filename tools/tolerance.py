@@ -176,7 +176,10 @@ def spreads_from_runs(plain: dict[str, np.ndarray], variants: dict[str, dict[str
         n = float((numel or {}).get(name.split("__", 1)[1], 1))
         err = relative_error(np.append(o64, n), np.append(b64, n), stats=True)
       else:
-        err = relative_error(o64, b64)
+        # Symmetric scale: an array that is exactly 0 in the plain run (a saturated loss) must not get an
+        # infinite spread from a variant's tiny nonzero value.
+        err = float(np.max(np.abs(o64 - b64)) / max(np.max(np.abs(b64)), np.max(np.abs(o64)), 1e-300)
+                    ) if b64.size else 0.0
       spread.by_variant[vname] = err
       spread.value = max(spread.value, err)
     out[name] = spread
