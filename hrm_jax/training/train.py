@@ -34,6 +34,7 @@ from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig
 from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.training import evaluate as eval_lib
+from hrm_jax.training import memory as memory_lib
 from hrm_jax.training import optim
 from hrm_jax.training import reporting
 from hrm_jax.training.preemption import PreemptionGuard
@@ -393,6 +394,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     train_step = jax.jit(make_train_step(step_cfg, dense_opt, emb_schedule),
                          in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                          donate_argnums=0)
+    try:  # memory known before it fails (jit reuses this compilation for the first step)
+      memory_lib.check_train_step_fits(train_step, state, memory_lib.batch_spec(cfg.seq_len, gbs, batch_sharding),
+                                       global_batch_size=gbs, grad_accum_steps=config.grad_accum_steps)
+    except memory_lib.DoesNotFitError as e:
+      raise TrainingError(str(e)) from None
     eval_cfg = eval_lib.EvalConfig(halt_on_q=config.eval.halt_on_q,
                                    halt_max_steps=config.eval.halt_max_steps or None)
     eval_step = jax.jit(eval_lib.make_eval_step(cfg, loss_cfg, eval_cfg))
