@@ -34,6 +34,7 @@ from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig
 from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.training import evaluate as eval_lib
+from hrm_jax.training import flops as flops_lib
 from hrm_jax.training import memory as memory_lib
 from hrm_jax.training import optim
 from hrm_jax.training import reporting
@@ -399,6 +400,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                        global_batch_size=gbs, grad_accum_steps=config.grad_accum_steps)
     except memory_lib.DoesNotFitError as e:
       raise TrainingError(str(e)) from None
+    flops_per_step = flops_lib.train_step_flops(step_cfg, dense_opt, emb_schedule, state,
+                                                memory_lib.batch_spec(cfg.seq_len, gbs, batch_sharding))
     eval_cfg = eval_lib.EvalConfig(halt_on_q=config.eval.halt_on_q,
                                    halt_max_steps=config.eval.halt_max_steps or None)
     eval_step = jax.jit(eval_lib.make_eval_step(cfg, loss_cfg, eval_cfg))
@@ -496,6 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if stats is not None:
           host.update(steps_per_s=stats.steps_per_s, samples_per_s=stats.samples_per_s,
                       data_wait_fraction=stats.data_wait_fraction, compute_s_per_step=stats.compute_per_step_s)
+          host.update(flops_lib.log_fields(flops_per_step, stats.steps_per_s, num_devices))
         writers.write(step, host, split="train")
         epoch = step / plan.steps_per_epoch
         status.update(step=step, epoch=epoch, samples_seen=step * gbs,
