@@ -19,7 +19,7 @@ import shlex
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -192,8 +192,9 @@ class _Prefetcher:
   last one read ahead, so every batch carries its own snapshot.
   """
 
-  def __init__(self, iterator, depth: int = 2):
+  def __init__(self, iterator, depth: int = 2, put: Callable[[dict], Any] = lambda batch: batch):
     self._iterator = iterator
+    self._put = put  # e.g. to the devices: the copy overlaps the running step
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True, name="hrm-prefetch")
@@ -202,7 +203,7 @@ class _Prefetcher:
   def _run(self):
     try:
       for batch in self._iterator:
-        item = (batch, self._iterator.get_state())
+        item = (self._put(batch), self._iterator.get_state())
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)
@@ -446,7 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   # ---------------------------------------------------------------------------------------------- loop
   guard = PreemptionGuard().install()
-  prefetcher = _Prefetcher(train_iter)
+  prefetcher = _Prefetcher(train_iter, put=to_global)
   batches = iter(prefetcher)
   last_full: dict[str, Any] | None = None
   # Saved with every checkpoint, so that a resumed run evaluates, and stops early, at the same steps as an
@@ -459,9 +460,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   step = start_step
   end_state, end_message = "finished", f"Finished {plan.total_steps:,} steps."
 
-  def fetch_finite_metrics(step: int) -> dict[str, float]:
+  def fetch_finite_metrics(step: int, metrics=None) -> dict[str, float]:
     """The latest step's metrics on the host; a NaN/Inf loss or gradient ends the run before any save."""
-    host = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
+    host = {k: float(v) for k, v in jax.device_get(last_metrics if metrics is None else metrics).items()}
     if not _finite(host):
       checkpointer.wait()  # a save still in flight may be the last good checkpoint
       good = checkpointer.latest_good_step()
@@ -472,6 +473,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           "--config.optimizer.lr or set --config.optimizer.grad_clip_norm, then run the same command "
           "to resume from it.")
     return host
+
+  pending_log: list[tuple[int, Any]] = []
+
+  def flush_train_log() -> None:
+    """Writes the pending log step's train metrics (waiting for that step only, not the one dispatched)."""
+    if not pending_log:
+      return
+    log_step, metrics = pending_log.pop()
+    stats = timer.sync(metrics)
+    host = fetch_finite_metrics(log_step, metrics)
+    host["lr"] = float(lr_schedule(log_step - 1))
+    if stats is not None:
+      host.update(steps_per_s=stats.steps_per_s, samples_per_s=stats.samples_per_s,
+                  data_wait_fraction=stats.data_wait_fraction, compute_s_per_step=stats.compute_per_step_s)
+      host.update(flops_lib.log_fields(flops_per_step, stats.steps_per_s, num_devices))
+    writers.write(log_step, host, split="train")
+    epoch = log_step / plan.steps_per_epoch
+    status.update(step=log_step, epoch=epoch, samples_seen=log_step * gbs,
+                  steps_per_s=timer.smoothed_steps_per_s,
+                  samples_per_s=(timer.smoothed_steps_per_s or 0) * gbs or None,
+                  data_wait_fraction=stats.data_wait_fraction if stats else None)
+    if progress is not None:
+      shown = {"loss": host["loss"], "exact_acc": host.get("exact_accuracy", 0.0)}
+      if stats is not None:
+        shown["data_wait_fraction"] = stats.data_wait_fraction
+      progress.update(log_step, shown, steps_per_s=timer.smoothed_steps_per_s)
 
   try:
     if config.eval.at_start and start_step == 0:
@@ -486,35 +513,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         except StopIteration:
           raise TrainingError("The training data ran out; this should not happen with an endless "
                               "iterator. Check the dataset's train split.") from None
-      state, last_metrics = train_step(state, to_global(batch))
+      state, last_metrics = train_step(state, batch)
+      # -- logging: the only place train metrics are fetched (a host sync every log.every_steps), one step
+      # late: a log step's metrics are read after the next step is dispatched, so the device never idles
+      # while the host logs (before step_done: that window ends at the logged step); evaluation and saves
+      # flush them first.
+      flush_train_log()
       timer.step_done()
       step += 1
       is_last = step == plan.total_steps
-
-      # -- logging: the only place train metrics are fetched (a host sync every log.every_steps) --------
       if step % config.log.every_steps == 0 or is_last or step == start_step + 1:
-        stats = timer.sync(last_metrics)
-        host = fetch_finite_metrics(step)
-        host["lr"] = float(lr_schedule(step - 1))
-        if stats is not None:
-          host.update(steps_per_s=stats.steps_per_s, samples_per_s=stats.samples_per_s,
-                      data_wait_fraction=stats.data_wait_fraction, compute_s_per_step=stats.compute_per_step_s)
-          host.update(flops_lib.log_fields(flops_per_step, stats.steps_per_s, num_devices))
-        writers.write(step, host, split="train")
-        epoch = step / plan.steps_per_epoch
-        status.update(step=step, epoch=epoch, samples_seen=step * gbs,
-                      steps_per_s=timer.smoothed_steps_per_s,
-                      samples_per_s=(timer.smoothed_steps_per_s or 0) * gbs or None,
-                      data_wait_fraction=stats.data_wait_fraction if stats else None)
-        if progress is not None:
-          shown = {"loss": host["loss"], "exact_acc": host.get("exact_accuracy", 0.0)}
-          if stats is not None:
-            shown["data_wait_fraction"] = stats.data_wait_fraction
-          progress.update(step, shown, steps_per_s=timer.smoothed_steps_per_s)
+        pending_log.append((step, last_metrics))
 
       # -- evaluation ------------------------------------------------------------------------------------
       stop_early = False
       if (plan.eval_every_steps and step % plan.eval_every_steps == 0) or is_last:
+        flush_train_log()
         with timer.excluded():
           subset = config.eval.subset_size or None
           fast = run_eval(subset) if subset and not is_last else None
@@ -555,6 +569,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       # -- checkpoints and preemption --------------------------------------------------------------------
       preempted = guard.should_stop(step)
       if preempted or stop_early or is_last or step % config.checkpoint.every_steps == 0:
+        flush_train_log()
         fetch_finite_metrics(step)
         save_checkpoint(step, data_state)
       if preempted:
