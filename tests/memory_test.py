@@ -98,3 +98,19 @@ def test_tools_memory_prints_train_and_eval_bytes(tmp_path):
   for what in ("train", "eval"):
     assert report[what]["temp"] > 0 and report[what]["total"] >= report[what]["temp"]
     assert f"{what:5} step: {report[what]['total'] / memory_lib.GiB:.2f} GiB" in proc.stdout
+
+
+@pytest.mark.slow  # two compilations of the paper model at Maze length (~2 min each on 2 busy cores)
+def test_maze_paper_train_step_memory_grows_linearly_with_length(tmp_path):
+  temps = {}
+  for seq_len in (900, 1800):
+    out = tmp_path / f"mem{seq_len}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.memory", "--config", "configs/maze.py", "--batch", "8", "--seq-len",
+         str(seq_len), "--json", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
+        check=False, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["attention"] == "blockwise"
+    temps[seq_len] = report["train"]["temp"]
+  assert temps[1800] <= 2.3 * temps[900]  # one-shot attention: about 3.2x (BUILD.md, batch 96)
