@@ -105,7 +105,9 @@ def test_impossible_setups_name_the_fix(capsys):
 def test_halt_on_q_runs_fewer_segments_and_less_time_when_rows_halt_early():
   cfg = benchmark.model_config(benchmark.CONFIGS["tiny"])
   batches = benchmark.make_batches(cfg, 8, 2)
-  state = jax.jit(lambda: benchmark.create_train_state(cfg, benchmark.optim.make_dense_optimizer(1e-4), 8, 0))()
+  optimizer = benchmark.optim.hrm_optimizer(benchmark.optim.make_dense_optimizer(1e-4),
+                                            benchmark.optim.sparse_signsgd(1e-2, 0.0))
+  state = jax.jit(lambda: benchmark.create_train_state(cfg, optimizer, 8, 0))()
   weights = benchmark.halting_early(jax.device_get((state.params, state.buffers, state.puzzle_table)))
   fixed = benchmark.JaxEval(cfg, batches, weights)
   early = benchmark.JaxEval(cfg, batches, weights, halt_on_q=True)

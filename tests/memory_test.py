@@ -25,10 +25,10 @@ TINY = dict(vocab_size=11, seq_len=81, hidden_size=32, num_heads=2, H_layers=1, 
 
 def _compiled_step(batch: int, grad_accum_steps: int = 1):
   cfg = ModelConfig(**TINY)
-  opt = optim.make_dense_optimizer(1e-4)
+  opt = optim.hrm_optimizer(optim.make_dense_optimizer(1e-4), optim.sparse_signsgd(1e-2, 0.1))
   state = jax.eval_shape(lambda: create_train_state(cfg, opt, batch, 0))
-  step_cfg = StepConfig(cfg, LossConfig(), batch, 0.1, grad_accum_steps=grad_accum_steps)
-  step = jax.jit(make_train_step(step_cfg, opt, lambda _: 1e-2), donate_argnums=0)
+  step_cfg = StepConfig(cfg, LossConfig(), batch, grad_accum_steps=grad_accum_steps)
+  step = jax.jit(make_train_step(step_cfg, opt), donate_argnums=0)
   return step, state, memory_lib.batch_spec(cfg.seq_len, batch)
 
 

@@ -50,7 +50,7 @@ import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hrm_jax.convert import torch_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hrm_jax.model.config import ATTENTION_IMPLS, ModelConfig  # pylint: disable=wrong-import-position
 from hrm_jax.model.losses import IGNORE_LABEL_ID, LossConfig  # pylint: disable=wrong-import-position
-from hrm_jax.training import evaluate as eval_lib  # pylint: disable=wrong-import-position
+from hrm_jax.evaluation import evaluate as eval_lib  # pylint: disable=wrong-import-position
 from hrm_jax.training import flops as flops_lib  # pylint: disable=wrong-import-position
 from hrm_jax.training import optim  # pylint: disable=wrong-import-position
 from hrm_jax.training.train_step import (  # pylint: disable=wrong-import-position
@@ -244,22 +244,21 @@ class JaxTrain:
   def __init__(self, cfg: ModelConfig, batch_size: int, batches: list[dict[str, np.ndarray]], seed: int,
                count_flops: bool = True):
     schedule = lambda base: optim.make_lr_schedule(base, warmup_steps=WARMUP_STEPS, total_steps=TOTAL_STEPS)
-    dense_opt = optim.make_dense_optimizer(schedule(LR), b1=BETAS[0], b2=BETAS[1],
-                                           weight_decay=WEIGHT_DECAY)
-    self.state = jax.jit(lambda: create_train_state(cfg, dense_opt, batch_size, seed))()
+    optimizer = optim.hrm_optimizer(
+        optim.make_dense_optimizer(schedule(LR), b1=BETAS[0], b2=BETAS[1], weight_decay=WEIGHT_DECAY),
+        optim.sparse_signsgd(schedule(PUZZLE_EMB_LR), PUZZLE_EMB_WEIGHT_DECAY))
+    self.state = jax.jit(lambda: create_train_state(cfg, optimizer, batch_size, seed))()
     # Host copies (not views of buffers that the first step donates).
     self.initial_weights = jax.tree.map(
         np.array, jax.device_get((self.state.params, self.state.buffers, self.state.puzzle_table)))
-    step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size,
-                          puzzle_emb_weight_decay=PUZZLE_EMB_WEIGHT_DECAY)
-    step_fn = make_train_step(step_cfg, dense_opt, schedule(PUZZLE_EMB_LR))
+    step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size)
+    step_fn = make_train_step(step_cfg, optimizer)
     jitted = jax.jit(step_fn, donate_argnums=0)
     self.batches = [jax.device_put(b) for b in batches]
     self.compiled, self.lower_s, self.compile_s = _compile_timed(jitted, self.state, self.batches[0])
     # Counted on the one-shot attention: the same arithmetic, but visible to the cost analysis (cuDNN's
     # fused kernel is a custom call that counts 0 FLOPs; blockwise pads keys to whole blocks).
-    flops_fn = make_train_step(dataclasses.replace(step_cfg, model=cfg.replace(attention_impl="xla")), dense_opt,
-                               schedule(PUZZLE_EMB_LR))
+    flops_fn = make_train_step(dataclasses.replace(step_cfg, model=cfg.replace(attention_impl="xla")), optimizer)
     self.flops = _flops(flops_fn, self.compiled, self.state, self.batches[0]) if count_flops else None
     self.calls = 0
     self.first_loss: float | None = None
@@ -445,7 +444,8 @@ def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup:
     make_torch = lambda compile_model: TorchTrain(cfg, batch_size, batches, jax_runner.initial_weights,
                                                   torch_device, compile_model)
   else:
-    state = jax.jit(lambda: create_train_state(cfg, optim.make_dense_optimizer(LR), batch_size, seed))()
+    optimizer = optim.hrm_optimizer(optim.make_dense_optimizer(LR), optim.sparse_signsgd(PUZZLE_EMB_LR, 0.0))
+    state = jax.jit(lambda: create_train_state(cfg, optimizer, batch_size, seed))()
     weights = jax.device_get((state.params, state.buffers, state.puzzle_table))
     if halt_early:
       weights = halting_early(weights, seed)

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hrm_jax.data import format as data_format
 from hrm_jax.model.config import ATTENTION_IMPLS, ModelConfig
-from hrm_jax.training import evaluate as eval_lib
+from hrm_jax.evaluation import evaluate as eval_lib
 from hrm_jax.training import memory as memory_lib
 from hrm_jax.training import train
 from hrm_jax.training.train_step import StepConfig, create_train_state, make_train_step
@@ -67,17 +67,16 @@ def compile_steps(config, cfg: ModelConfig, batch: int, eval_batch: int) -> dict
   """Lowers and compiles the train and eval steps exactly as train.py jits them, on abstract arguments."""
   plan = train.RunPlan(total_steps=max(1, config.num_steps or 100_000), steps_per_epoch=1.0, warmup_steps=1,
                        epochs=1.0, samples=batch, eval_every_steps=1)
-  dense_opt, _, emb_schedule = train.make_optimizers(config, plan)
+  optimizer, _, _ = train.make_optimizers(config, plan)
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   batch_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, dense_opt, batch, config.seed))
+  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, optimizer, batch, config.seed))
   shardings = train.state_shardings(mesh, abstract_state)
   state_spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
                             shardings)
   step_cfg = StepConfig(model=cfg, loss=train.loss_config_from(config), global_batch_size=batch,
-                        puzzle_emb_weight_decay=config.optimizer.puzzle_emb_weight_decay,
                         grad_accum_steps=config.grad_accum_steps)
-  train_step = jax.jit(make_train_step(step_cfg, dense_opt, emb_schedule),
+  train_step = jax.jit(make_train_step(step_cfg, optimizer),
                        in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                        donate_argnums=0)
   out = {"train": memory_lib.step_memory(

@@ -76,7 +76,7 @@ def utilisation(flops_per_step: float, seconds_per_step: float, num_devices: int
           "peak_tflops": None if peak is None else peak / 1e12, "device_kind": kind}
 
 
-def train_step_flops(step_cfg, dense_opt, emb_schedule, state, batch_spec) -> float | None:
+def train_step_flops(step_cfg, optimizer, state, batch_spec) -> float | None:
   """FLOPs of one train step (global batch), counted once at start-up; None if the count fails.
 
   Counted on the one-shot attention: the same arithmetic as blockwise or cuDNN, but visible to the cost
@@ -85,7 +85,7 @@ def train_step_flops(step_cfg, dense_opt, emb_schedule, state, batch_spec) -> fl
   from hrm_jax.training import train_step as train_step_lib  # pylint: disable=import-outside-toplevel
   one_shot = dataclasses.replace(step_cfg, model=step_cfg.model.replace(attention_impl="xla"))
   try:
-    return step_flops(train_step_lib.make_train_step(one_shot, dense_opt, emb_schedule), state, batch_spec)
+    return step_flops(train_step_lib.make_train_step(one_shot, optimizer), state, batch_spec)
   except Exception:  # pylint: disable=broad-except  (a logged figure must never stop a run)
     return None
 
