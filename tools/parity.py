@@ -194,6 +194,15 @@ def run_parity(fixture_dir: pathlib.Path, policy: tolerance_lib.Policy | None = 
   return cmp.judge(), unknown
 
 
+def _nudge_one_ulp(x: np.ndarray, seed: int) -> np.ndarray:
+  """A quarter of the elements (chosen by `seed`) moved to the next representable value away from zero."""
+  x = np.asarray(x)
+  chosen = np.random.default_rng(seed).random(x.shape) < 0.25
+  bits = x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize]).copy()
+  bits[chosen] += 1
+  return bits.view(x.dtype)
+
+
 def _compute(cfg, converted, all_config, ref, policy: tolerance_lib.Policy) -> Comparer:
   cmp = Comparer(ref, policy)
   loss_cfg = LossConfig(loss_type=converted.loss_type or "stablemax_cross_entropy")
