@@ -31,7 +31,7 @@ from hrm_jax import config as config_lib
 from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
 from hrm_jax.training import checkpoint as ckpt_lib
-from hrm_jax.training import evaluate as eval_lib
+from hrm_jax.evaluation import evaluate as eval_lib
 from hrm_jax.training import reporting
 from hrm_jax.training import resume as resume_lib
 from hrm_jax.training import setup
@@ -377,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def _arc_metrics(predictions_path: pathlib.Path, data_dir: pathlib.Path) -> dict[str, float]:
-  from hrm_jax.training import arc_eval  # pylint: disable=import-outside-toplevel
+  from hrm_jax.evaluation import arc_eval  # pylint: disable=import-outside-toplevel
   with np.load(predictions_path) as npz:
     predictions = {k: npz[k] for k in npz.files}
   return arc_eval.arc_pass_at_k(predictions, data_format.load_identifiers(data_dir))
