@@ -30,8 +30,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from hrm_jax import config as config_lib
 from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
-from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.evaluation import evaluate as eval_lib
+from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.training import reporting
 from hrm_jax.training import resume as resume_lib
 from hrm_jax.training import setup
