@@ -140,6 +140,18 @@ def test_demo_smoke_run_writes_its_files_and_prints_the_run_length(cli_runs):
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
 
 
+def test_rerun_of_a_finished_run_prints_its_result_and_touches_nothing(cli_runs):
+  _, workdir, demo_data = _result(cli_runs, "demo_smoke", returncode=0)
+  watched = [workdir / "status.json", workdir / "metrics.jsonl", *sorted((workdir / "tb").iterdir())]
+  before = {p: p.read_bytes() for p in watched}
+  rerun = _run_main("--config=configs/demo.py:smoke", f"--workdir={workdir}", f"--config.data_dir={demo_data}")
+  assert rerun.returncode == 0, rerun.stderr
+  assert "is already finished at step 6: Evaluation at step 6" in rerun.stdout
+  assert "EXACT ACCURACY" in rerun.stdout and "Raise --config.num_steps" in rerun.stdout
+  assert sorted((workdir / "tb").iterdir()) == watched[2:]  # no new TensorBoard file
+  assert {p: p.read_bytes() for p in watched} == before  # best_eval and last_eval kept, nothing appended
+
+
 @pytest.mark.parametrize("task", ["sudoku", "maze"])
 def test_task_smoke_variant_runs_end_to_end(cli_runs, task):
   result, workdir, _ = _result(cli_runs, f"{task}_smoke", returncode=0)
