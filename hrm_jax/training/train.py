@@ -96,6 +96,8 @@ class _Prefetcher:
 
   def close(self):
     self._stop.set()
+    # Let the thread finish its batch: a daemon thread still inside JAX at interpreter exit can abort it.
+    self._thread.join(timeout=30)
 
 
 # ==========================================================================================================
