@@ -96,6 +96,16 @@ def main(argv):
   except OSError as e:  # a disk that filled up or went read-only while running
     _fail(f"{e.strerror or e}: {e.filename or ''}. Earlier checkpoints are intact; fix the disk, then rerun the "
           f"same command to resume (details in {_WORKDIR.value}/{workdir_lib.LOG_FILE}).", 1)
+  finally:
+    _silence_library_shutdown()
+
+
+def _silence_library_shutdown() -> None:
+  """After the run: asyncio futures of a failed Orbax save report themselves when garbage-collected at exit;
+  the run's own error line (and run.log) already said what happened."""
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+  std_logging.getLogger("asyncio").disabled = True
+  sys.unraisablehook = lambda unraisable: None
 
 
 if __name__ == "__main__":

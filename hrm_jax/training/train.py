@@ -30,8 +30,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from hrm_jax import config as config_lib
 from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
-from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.evaluation import evaluate as eval_lib
+from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.training import flops as flops_lib
 from hrm_jax.training import memory as memory_lib
 from hrm_jax.training import reporting
@@ -96,6 +96,8 @@ class _Prefetcher:
 
   def close(self):
     self._stop.set()
+    # Let the thread finish its batch: a daemon thread still inside JAX at interpreter exit can abort it.
+    self._thread.join(timeout=30)
 
 
 # ==========================================================================================================
