@@ -635,9 +635,15 @@ def test_second_run_on_a_live_workdir_refuses_and_the_first_ends_equal_to_a_lone
   owner_file = workdir / ".lock.owner.json"
   owner = first.wait_until(lambda: owner_file.exists() and json.loads(owner_file.read_text()).get("run_id")
                            and json.loads(owner_file.read_text()), "the first run to own the workdir")
-  second = runs(env, workdir, data_dir, TINY)
-  assert second.wait(60) == 1, second.output
-  assert first.alive(), "the second run must not have disturbed the first"
+  # Paused while the second run starts, so the first is still live (and holds the lock) however fast it
+  # would otherwise finish its 12 tiny steps; a stopped process keeps its lock.
+  os.kill(first.proc.pid, signal.SIGSTOP)
+  try:
+    second = runs(env, workdir, data_dir, TINY)
+    assert second.wait(60) == 1, second.output
+    assert first.alive(), "the second run must not have disturbed the first"
+  finally:
+    os.kill(first.proc.pid, signal.SIGCONT)
   (line,) = [l for l in second.output.splitlines() if l.startswith("error:")]
   assert f"is in use by run {owner['run_id']}, pid {first.proc.pid}" in line, line
   assert "Traceback" not in second.output

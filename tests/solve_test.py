@@ -27,8 +27,8 @@ def _fresh_puzzles(data_dir, count: int, seed: int = 12345) -> list[str]:
 
 
 def _printed_grid(out: str) -> np.ndarray:
-  rows = [re.findall(r"\d", line) for line in out.splitlines() if re.fullmatch(r"[\d .|]+", line)]
-  return np.array([int(d) for row in rows for d in row])
+  rows = [re.findall(r"[\d.]", line) for line in out.splitlines() if re.fullmatch(r"[\d .|]+", line)]
+  return np.array([0 if d == "." else int(d) for row in rows for d in row])  # '.': a cell left blank
 
 
 def _solve_rate(capsys, workdir, puzzle_strings) -> float:

@@ -34,12 +34,13 @@ LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
-if compgen -G ".whl/*.whl" > /dev/null; then
+# The wheels are built for CPython 3.12 (the GPU image's python); on any other python use what is installed.
+if compgen -G ".whl/*.whl" > /dev/null && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site .whl/*.whl \
     || { echo "gpu_check.sh: installing .whl/*.whl failed" | tee -a "$LOG"; exit 1; }
   export PYTHONPATH="$PWD/.site:$PWD"
 else
-  echo "gpu_check.sh: no .whl/ wheels; using the installed packages" | tee -a "$LOG"
+  echo "gpu_check.sh: no .whl/ wheels for this python; using the installed packages" | tee -a "$LOG"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
