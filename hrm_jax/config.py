@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- model (HRM-ACT-v1; vocab_size, seq_len, num_puzzle_identifiers come from the dataset) ---------
   c.model = ml_collections.ConfigDict()
+  c.model.arch = "hrm_v1"  # "hrm_v1" | "trm" (configs/trm_*.py add TRM's fields: mlp_t, puzzle_emb_len, ...)
   c.model.hidden_size = 512
   c.model.num_heads = 8
   c.model.expansion = 4.0  # SwiGLU width = 256 * ceil(round(expansion * hidden * 2/3) / 256)

@@ -12,6 +12,12 @@ POS_ENCODINGS = ("rope", "learned")
 FORWARD_DTYPES = ("float32", "bfloat16")
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ARCHS = ("hrm_v1", "trm")  # hrm_v1: this class; trm: hrm_jax.model.trm.TRMConfig
+
+
+def swiglu_width(expansion: float, size: int) -> int:
+  """SwiGLU width: 2/3·expansion·size rounded half-to-even, then up to a multiple of 256."""
+  return 256 * math.ceil(round(expansion * size * 2 / 3) / 256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +44,13 @@ class ModelConfig:
   # Not in the original: how attention is computed ("xla" everywhere, "cudnn" on GPUs that have it,
   # "auto" lets JAX pick).
   attention_impl: str = "xla"
+  arch: str = "hrm_v1"  # which model; "trm" configs are hrm_jax.model.trm.TRMConfig
 
   def __post_init__(self):
     problems = []
+    if self.arch != "hrm_v1":
+      problems.append(f"arch={self.arch!r} (this config class is HRM's; build other archs with "
+                      "ModelConfig.from_dict({..., 'arch': ...}))")
     if self.pos_encodings not in POS_ENCODINGS:
       problems.append(f"pos_encodings={self.pos_encodings!r} (choose one of {POS_ENCODINGS})")
     if self.forward_dtype not in FORWARD_DTYPES:
@@ -78,8 +88,8 @@ class ModelConfig:
 
   @property
   def mlp_width(self) -> int:
-    """SwiGLU width: 2/3·expansion·D rounded half-to-even, then up to a multiple of 256."""
-    return 256 * math.ceil(round(self.expansion * self.hidden_size * 2 / 3) / 256)
+    """Width of the channel SwiGLU (see `swiglu_width`)."""
+    return swiglu_width(self.expansion, self.hidden_size)
 
   @property
   def dtype(self) -> jnp.dtype:
@@ -93,6 +103,13 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    """The config of `values["arch"]` (default hrm_v1) from a dict such as `to_dict()` wrote."""
+    arch = values.get("arch", "hrm_v1")
+    if arch not in ARCHS:
+      raise ValueError(f"Unknown model arch {arch!r}; choose one of {ARCHS}")
+    if cls is ModelConfig and arch == "trm":
+      from hrm_jax.model.trm import TRMConfig  # pylint: disable=import-outside-toplevel
+      return TRMConfig.from_dict(values)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

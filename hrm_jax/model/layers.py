@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax.model.config import ModelConfig
+from hrm_jax.model.config import ModelConfig, swiglu_width
 
 # Standard deviation of a unit normal truncated to [-2, 2]; dividing by it makes the truncated draw have the
 # requested std, as the original's `trunc_normal_init_` does.
@@ -113,13 +113,14 @@ def attention_xla(q_BxTxNxH: jax.Array, k_BxSxNxH: jax.Array, v_BxSxNxH: jax.Arr
   """
   scale = 1.0 / np.sqrt(q_BxTxNxH.shape[-1])
   precision = _precision(q_BxTxNxH.dtype)
+  accumulate = jnp.promote_types(q_BxTxNxH.dtype, jnp.float32)
   scores_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, precision=precision,
-                              preferred_element_type=jnp.float32) * scale
+                              preferred_element_type=accumulate) * scale
   scores_BxNxTxS = scores_BxNxTxS - jax.lax.stop_gradient(jnp.max(scores_BxNxTxS, axis=-1, keepdims=True))
   exp_BxNxTxS = jnp.exp(scores_BxNxTxS)
   denom_BxNxT = jnp.sum(exp_BxNxTxS, axis=-1)
   out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", exp_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH,
-                           precision=precision, preferred_element_type=jnp.float32)
+                           precision=precision, preferred_element_type=accumulate)
   out_BxTxNxH = out_BxTxNxH / jnp.transpose(denom_BxNxT, (0, 2, 1))[..., None]
   return out_BxTxNxH.astype(v_BxSxNxH.dtype)
 
@@ -153,26 +154,38 @@ class SwiGLU(nn.Module):
   """down(silu(gate) * up) with gate = first half and up = second half of one fused projection."""
 
   config: ModelConfig
+  size: int | None = None  # width of the mixed (last) axis; None: hidden_size
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    width = self.config.mlp_width
+    size = self.config.hidden_size if self.size is None else self.size
+    width = swiglu_width(self.config.expansion, size)
     gate, up = jnp.split(CastedDense(2 * width, name="gate_up_proj")(x), 2, axis=-1)
-    # SiLU in float32 with one rounding, as PyTorch computes it for bfloat16 inputs.
-    activated = jax.nn.silu(gate.astype(jnp.float32)).astype(gate.dtype)
-    return CastedDense(self.config.hidden_size, name="down_proj")(activated * up)
+    # SiLU in (at least) float32 with one rounding, as PyTorch computes it for bfloat16 inputs.
+    activated = jax.nn.silu(gate.astype(jnp.promote_types(gate.dtype, jnp.float32))).astype(gate.dtype)
+    return CastedDense(size, name="down_proj")(activated * up)
 
 
 class Block(nn.Module):
-  """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
+  """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h)).
+
+  With `config.mlp_t` (TRM's variant) a SwiGLU over the T positions replaces attention, and its norm runs
+  over the positions too: the block is then tied to exactly `config.total_len` positions.
+  """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, h: jax.Array) -> jax.Array:
-    eps = self.config.rms_norm_eps
-    h = rms_norm(h + Attention(self.config, name="self_attn")(h), eps)
-    return rms_norm(h + SwiGLU(self.config, name="mlp")(h), eps)
+  def __call__(self, h_BxTxD: jax.Array) -> jax.Array:
+    cfg = self.config
+    eps = cfg.rms_norm_eps
+    if getattr(cfg, "mlp_t", False):
+      h_BxDxT = jnp.swapaxes(h_BxTxD, 1, 2)
+      h_BxDxT = rms_norm(h_BxDxT + SwiGLU(cfg, size=cfg.total_len, name="mlp_t")(h_BxDxT), eps)
+      h_BxTxD = jnp.swapaxes(h_BxDxT, 1, 2)
+    else:
+      h_BxTxD = rms_norm(h_BxTxD + Attention(cfg, name="self_attn")(h_BxTxD), eps)
+    return rms_norm(h_BxTxD + SwiGLU(cfg, name="mlp")(h_BxTxD), eps)
 
 
 class ReasoningModule(nn.Module):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrm_jax.model import arch
 from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig, act_loss, per_class_counts
@@ -31,8 +32,8 @@ def make_eval_step(cfg: ModelConfig, loss_cfg: LossConfig, eval_cfg: EvalConfig)
 
   def eval_step(params, buffers, puzzle_table, batch):
     valid_B = batch.get("valid", jnp.ones(batch["inputs"].shape[:1], bool))
-    outputs = hrm.infer(params, buffers, cfg, puzzle_table, batch, halt_on_q=eval_cfg.halt_on_q,
-                        halt_max_steps=eval_cfg.halt_max_steps)
+    outputs = arch.model_for(cfg).infer(params, buffers, cfg, puzzle_table, batch, halt_on_q=eval_cfg.halt_on_q,
+                                        halt_max_steps=eval_cfg.halt_max_steps)
     labels = jnp.where(valid_B[:, None], batch["labels"], -100)
     _, metrics = act_loss(outputs, labels, valid_B, outputs["steps"], **loss_cfg.kwargs())
     correct_V, total_V = per_class_counts(outputs["logits"], labels, valid_B, cfg.vocab_size)

@@ -125,8 +125,8 @@ def dataset_identity(data_dir: pathlib.Path, meta: data_format.DatasetMetadata) 
 
 
 def model_config_from(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadata) -> ModelConfig:
-  return ModelConfig(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                     num_puzzle_identifiers=meta.num_puzzle_identifiers, **config.model.to_dict())
+  return ModelConfig.from_dict(dict(config.model.to_dict(), vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                                    num_puzzle_identifiers=meta.num_puzzle_identifiers))
 
 
 def loss_config_from(config: ml_collections.ConfigDict) -> LossConfig:
@@ -320,7 +320,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config_dict = json.loads(config.to_json_best_effort())
   # Derived, not a setting: data_dir may change on resume (a dataset moved), the training data may not.
   config_dict["dataset"] = dataset_identity(data_dir, train_meta)
-  _say(f"hrm_jax: {cfg.H_layers}+{cfg.L_layers} layers, hidden {cfg.hidden_size}, {cfg.forward_dtype}, "
+  depth = f"TRM, {cfg.L_layers}" if cfg.arch == "trm" else f"{cfg.H_layers}+{cfg.L_layers}"
+  _say(f"hrm_jax: {depth} layers, hidden {cfg.hidden_size}, {cfg.forward_dtype}, "
        f"{sum(x.size for x in jax.tree.leaves(abstract_state.params)):,} parameters "
        f"(+ puzzle table {cfg.num_puzzle_identifiers}x{cfg.puzzle_emb_ndim}); {num_devices} device(s), "
        f"{process_count} process(es)")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hrm_jax.model import arch
 from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig
@@ -51,7 +52,7 @@ def create_train_state(cfg: ModelConfig, dense_opt: optax.GradientTransformation
   """A fresh state with the original's initialisation. `batch_size` is the GLOBAL batch (carry rows)."""
   key = jax.random.key(seed)
   key_params, key_buffers, key_run = jax.random.split(key, 3)
-  params = hrm.init_params(cfg, key_params)
+  params = arch.model_for(cfg).init_params(cfg, key_params)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
