@@ -25,7 +25,7 @@ class TRMExtras:
   """Checks the TRM-only arrays; `after_step` is the trajectory's per-call hook, `finish` runs last."""
 
   def __init__(self, cmp, cfg, loss_cfg, all_config, params, buffers, table, batch):
-    self.cmp, self.cfg, self.loss_cfg, self.batch = cmp, cfg, loss_cfg, batch
+    self.cmp, self.cfg, self.loss_cfg, self.batch, self.buffers = cmp, cfg, loss_cfg, batch, buffers
     self.checkpoint_dir = pathlib.Path(all_config["checkpoint_path"])
     ref = cmp.reference
     self.rate = float(ref["ema_rate"]) if "ema_rate" in ref else float(all_config.get("ema_rate", 0.999))
@@ -69,7 +69,8 @@ class TRMExtras:
         cmp.stats(f"traj{k}_emastats__{key}", value, "param")
 
   def finish(self) -> None:
-    """The eval loop of the original's saved EMA copy (checkpoint_dir/step_3), when the fixture has it."""
+    """The eval loop of the original's saved EMA copy (checkpoint_dir/step_3: shadow parameters and the
+    live puzzle table), when the fixture has it."""
     from tools import parity  # pylint: disable=import-outside-toplevel
     ref = self.cmp.reference
     step_3 = self.checkpoint_dir / "step_3"
@@ -77,7 +78,8 @@ class TRMExtras:
       return
     converted = torch_checkpoint.load_original_checkpoint(step_3, seq_len=self.cfg.seq_len)
     params = jax.tree.map(jnp.asarray, converted.params)
-    buffers = jax.tree.map(jnp.asarray, converted.buffers)
     table = jnp.asarray(converted.puzzle_table) if converted.puzzle_table is not None else None
-    parity.eval_loop(self.cmp, "ema_eval_step", converted.model_config, self.loss_cfg, params, buffers,
+    # H_init/L_init never train: the EMA copy's are the live ones, so a noise-floor variant's nudged
+    # buffers (self.buffers) apply here too.
+    parity.eval_loop(self.cmp, "ema_eval_step", converted.model_config, self.loss_cfg, params, self.buffers,
                      table, self.batch)
