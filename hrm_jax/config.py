@@ -69,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm (the original does not)
   c.optimizer.puzzle_emb_lr = 1e-2
   c.optimizer.puzzle_emb_weight_decay = 0.1
+  # EMA of the dense weights (TRM's; the original HRM has none): shadow = (1-rate)*w + rate*shadow after each
+  # step; evaluation (and export of the run's weights) then uses the shadow. Saved in every checkpoint.
+  c.ema = False
+  c.ema_rate = 0.999
 
   # ---- evaluation ------------------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()

@@ -52,6 +52,7 @@ def _load_run(path: pathlib.Path) -> npz_file.NpzCheckpoint:
   """Weights of the newest good checkpoint of an hrm_jax run (its workdir or its checkpoints/ directory)."""
   from hrm_jax.model.config import ModelConfig  # pylint: disable=g-import-not-at-top
   from hrm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from hrm_jax.training import ema  # pylint: disable=g-import-not-at-top
   directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
   reader = checkpoint.Checkpointer(directory, async_save=False)
   try:
@@ -59,7 +60,7 @@ def _load_run(path: pathlib.Path) -> npz_file.NpzCheckpoint:
     if step is None:
       raise torch_checkpoint.CheckpointConversionError(
           f"{path} holds no finished hrm_jax checkpoint; pass a run's workdir or its checkpoints/ directory.")
-    weights = reader.restore_weights(step)
+    weights = ema.restore_eval_weights(reader, step)  # the EMA shadow when the run had EMA on
     saved = reader.saved_config(step)
   finally:
     reader.close()

@@ -19,6 +19,7 @@ from hrm_jax.model import arch
 from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig, act_loss, per_class_counts
+from hrm_jax.training import ema as ema_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ def evaluate(eval_fn: Callable, state, batches: Iterable[dict[str, np.ndarray]],
   saved: dict[str, list[np.ndarray]] = {}
   for batch in batches:
     device_batch = put_batch(batch)
-    metrics, predictions = eval_fn(state.params, state.buffers, state.puzzle_table, device_batch)
+    metrics, predictions = eval_fn(ema_lib.eval_params(state), state.buffers, state.puzzle_table, device_batch)
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     num_batches += 1
     if save_predictions_to is not None:

@@ -33,6 +33,7 @@ from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig
 from hrm_jax.training import checkpoint as ckpt_lib
+from hrm_jax.training import ema as ema_lib
 from hrm_jax.training import evaluate as eval_lib
 from hrm_jax.training import optim
 from hrm_jax.training import reporting
@@ -234,7 +235,7 @@ def load_init_weights(path: str, state: TrainState, cfg: ModelConfig) -> TrainSt
     try:
       if reader.latest_good_step() is None:
         raise TrainingError(f"init_from={path}: no finished hrm_jax checkpoint in that directory.")
-      weights = reader.restore_weights()
+      weights = ema_lib.restore_eval_weights(reader)  # an EMA run's shadow, as the original saves
     finally:
       reader.close()
     params, buffers, table = weights["params"], weights["buffers"], weights["puzzle_table"]
@@ -268,8 +269,11 @@ def load_init_weights(path: str, state: TrainState, cfg: ModelConfig) -> TrainSt
       resized[:min(rows, table.shape[0])] = table[:rows]
       table = resized
     new_table = jnp.asarray(table)
+  params = jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, params)
   return state.replace(
-      params=jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, params),
+      params=params,
+      # The original registers its EMA after loading: the shadow starts at the loaded weights.
+      ema_params=None if state.ema_params is None else jax.tree.map(jnp.copy, params),
       buffers={k: jnp.asarray(buffers[k], state.buffers[k].dtype) for k in state.buffers},
       puzzle_table=new_table)
 
@@ -314,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
             for k, v in local_batch.items()}
 
-  init_fn = lambda: create_train_state(cfg, dense_opt, gbs, config.seed)
+  init_fn = lambda: create_train_state(cfg, dense_opt, gbs, config.seed, ema=config.ema)
   abstract_state = jax.eval_shape(init_fn)
   shardings = state_shardings(mesh, abstract_state)
   config_dict = json.loads(config.to_json_best_effort())
@@ -388,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # ---------------------------------------------------------------------------------------------- compile
     step_cfg = StepConfig(model=cfg, loss=loss_cfg, global_batch_size=gbs,
                           puzzle_emb_weight_decay=config.optimizer.puzzle_emb_weight_decay,
-                          grad_accum_steps=config.grad_accum_steps)
+                          grad_accum_steps=config.grad_accum_steps, ema_rate=config.ema_rate)
     train_step = jax.jit(make_train_step(step_cfg, dense_opt, emb_schedule),
                          in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                          donate_argnums=0)
