@@ -23,16 +23,16 @@ _BASE = {"batch_size": 4, "vocab_size": 7, "seq_len": 10, "num_puzzle_identifier
          "no_ACT_continue": True}
 RANDOM_CONFIGS = {
     # README's Sudoku recipe in small: token MLP, no positions; 3-slot prefix holding one 32-wide vector,
-    # 3 ids over 6 rows (duplicates), odd H_cycles.
+    # 3 ids over 6 rows (duplicates), odd H_cycles. (The original's fixture covers attention + RoPE.)
     "mlp_t_prefix3_h3l1": {**_BASE, "batch_size": 6, "num_puzzle_identifiers": 3, "mlp_t": True,
                            "pos_encodings": "none", "puzzle_emb_ndim": 32, "puzzle_emb_len": 3, "H_cycles": 3,
                            "L_cycles": 1, "L_layers": 1, "expansion": 2, "halt_max_steps": 3},
+}
+SLOW_CONFIGS = {
     # Attention with RoPE, a one-slot prefix (puzzle_emb_len 0 = ceil(ndim/D)), no no-grad part, 3 layers.
     "rope_prefix1_h1l3": {**_BASE, "num_puzzle_identifiers": 2, "mlp_t": False, "pos_encodings": "rope",
                           "puzzle_emb_ndim": 32, "puzzle_emb_len": 0, "H_cycles": 1, "L_cycles": 3,
                           "L_layers": 3, "expansion": 4, "halt_max_steps": 3},
-}
-SLOW_CONFIGS = {
     # Learned positions without a puzzle table.
     "learned_nopuzzle_h2l2": {**_BASE, "mlp_t": False, "pos_encodings": "learned", "puzzle_emb_ndim": 0,
                               "puzzle_emb_len": 0, "H_cycles": 2, "L_cycles": 2, "L_layers": 2,
