@@ -145,19 +145,9 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
   mlp_width = state[mlp_key].shape[0] // 2 if mlp_key in state else None
 
   arch = dict((all_config or {}).get("arch") or {})
-  disagreements = []
-  for key in ("hidden_size", "H_layers", "L_layers", "puzzle_emb_ndim", "pos_encodings", "forward_dtype"):
-    if key in arch and str(arch[key]) != str(fields[key]):
-      disagreements.append(f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}")
-  for key, default in ARCH_DEFAULTS.items():
-    if overrides and key in overrides:
-      fields[key] = overrides[key]
-    elif key in arch:
-      fields[key] = arch[key]
-    else:
-      fields[key] = default
-      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
-                   f"default {default!r} (override it if the run used another value)")
+  disagreements = resolve_arch_fields(
+      fields, arch, overrides, ARCH_DEFAULTS, notes,
+      ("hidden_size", "H_layers", "L_layers", "puzzle_emb_ndim", "pos_encodings", "forward_dtype"))
   if mlp_width is not None:
     implied = ModelConfig(vocab_size=1, seq_len=1, hidden_size=int(hidden), num_heads=1,
                           expansion=float(fields["expansion"]), pos_encodings="learned").mlp_width
@@ -166,14 +156,35 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
                            f"gate_up_proj has width {mlp_width}")
   if hidden % int(fields["num_heads"]):
     disagreements.append(f"num_heads={fields['num_heads']} does not divide hidden_size={hidden}")
-  for key, value in (overrides or {}).items():
-    if key not in ARCH_DEFAULTS:
-      if key in fields and str(fields[key]) != str(value):
-        disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
-      fields.setdefault(key, value)
   if disagreements:
     raise CheckpointConversionError("The checkpoint disagrees with its config:\n  " + "\n  ".join(disagreements))
   return fields, notes
+
+
+def resolve_arch_fields(fields: dict[str, Any], arch: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+                        defaults: Mapping[str, Any], notes: list[str], shape_keys: tuple[str, ...]) -> list[str]:
+  """Completes `fields` (from shapes) with what shapes cannot tell; returns the disagreements found.
+
+  The yaml's `shape_keys` must agree with the tensors; each of `defaults` comes from `overrides`, else the
+  yaml, else the original's default (with a note); any other override must agree with the shapes or is added.
+  """
+  disagreements = [f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}"
+                   for key in shape_keys if key in arch and str(arch[key]) != str(fields[key])]
+  for key, default in defaults.items():
+    if overrides and key in overrides:
+      fields[key] = overrides[key]
+    elif key in arch:
+      fields[key] = arch[key]
+    else:
+      fields[key] = default
+      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
+                   f"default {default!r} (override it if the run used another value)")
+  for key, value in (overrides or {}).items():
+    if key not in defaults:
+      if key in fields and str(fields[key]) != str(value):
+        disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
+      fields.setdefault(key, value)
+  return disagreements
 
 
 def loss_type_from_all_config(all_config: Mapping[str, Any] | None) -> str | None:

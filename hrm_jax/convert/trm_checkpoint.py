@@ -93,21 +93,12 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
   if total_len is not None:
     fields["seq_len"] = total_len - fields["puzzle_emb_len"]
 
-  for key in ("hidden_size", "L_layers", "puzzle_emb_ndim", "forward_dtype", "mlp_t"):
-    if key in arch and str(arch[key]) != str(fields[key]):
-      disagreements.append(f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}")
+  disagreements += torch_checkpoint.resolve_arch_fields(
+      fields, arch, {k: v for k, v in (overrides or {}).items() if k != "puzzle_emb_len"}, ARCH_DEFAULTS, notes,
+      ("hidden_size", "L_layers", "puzzle_emb_ndim", "forward_dtype", "mlp_t"))
   if "pos_encodings" in arch and (arch["pos_encodings"] == "learned") != (fields["pos_encodings"] == "learned"):
     disagreements.append(f"pos_encodings: all_config.yaml says {arch['pos_encodings']!r}, the tensors say "
                          f"{fields['pos_encodings']!r}")
-  for key, default in ARCH_DEFAULTS.items():
-    if overrides and key in overrides:
-      fields[key] = overrides[key]
-    elif key in arch:
-      fields[key] = arch[key]
-    else:
-      fields[key] = default
-      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
-                   f"default {default!r} (override it if the run used another value)")
   if "L_level.layers.0.mlp.gate_up_proj.weight" in state:
     width = state["L_level.layers.0.mlp.gate_up_proj.weight"].shape[0] // 2
     implied = swiglu_width(float(fields["expansion"]), int(hidden))
@@ -116,11 +107,6 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
                            f"gate_up_proj has width {width}")
   if not mlp_t and hidden % int(fields["num_heads"]):
     disagreements.append(f"num_heads={fields['num_heads']} does not divide hidden_size={hidden}")
-  for key, value in (overrides or {}).items():
-    if key not in ARCH_DEFAULTS and key != "puzzle_emb_len":
-      if key in fields and str(fields[key]) != str(value):
-        disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
-      fields.setdefault(key, value)
   if disagreements:
     raise torch_checkpoint.CheckpointConversionError(
         "The checkpoint disagrees with its config:\n  " + "\n  ".join(disagreements))
