@@ -38,7 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.halt_max_steps = 16  # ACT segments at most (and exactly, in the original's evaluation)
   c.model.halt_exploration_prob = 0.1
   c.model.forward_dtype = "bfloat16"  # "bfloat16" | "float32"; parameters stay float32 masters
-  c.model.attention_impl = "xla"  # "xla" (everywhere; the original's rounding) | "cudnn" (GPU) | "auto"
+  # "auto": cudnn on GPU in bfloat16, else blockwise (memory linear in T) from 256 positions on, else "xla"
+  # (the original's rounding, the parity path) | "xla" | "blockwise" | "cudnn" (GPU, bfloat16) | "jax"
+  c.model.attention_impl = "auto"
 
   # ---- loss ------------------------------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()

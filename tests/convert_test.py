@@ -376,7 +376,8 @@ def test_to_torch_from_an_hrm_jax_run_directory(f32_fixture, tmp_path):
   from hrm_jax.training.train_step import create_train_state  # pylint: disable=g-import-not-at-top
   converted = _load(f32_fixture)
   cfg = converted.model_config
-  state = create_train_state(cfg, optim.adam_atan2(1e-3), batch_size=4, seed=0)
+  state = create_train_state(cfg, optim.hrm_optimizer(optim.adam_atan2(1e-3), optim.sparse_signsgd(1e-2, 0.1)),
+                             batch_size=4, seed=0)
   state = state.replace(params=jax.tree.map(jax.numpy.asarray, converted.params),
                         buffers=jax.tree.map(jax.numpy.asarray, converted.buffers),
                         puzzle_table=jax.numpy.asarray(converted.puzzle_table))

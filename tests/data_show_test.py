@@ -3,12 +3,11 @@
 import json
 import pathlib
 import re
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from hrm_jax.data import arc
@@ -80,23 +79,81 @@ def test_predictions_from_logits_mark_wrong_cells(demo_dir, tmp_path):
 
 
 def _read_png(path):
-  data = path.read_bytes()
-  assert data[:8] == b"\x89PNG\r\n\x1a\n"
-  pos, chunks = 8, {}
-  while pos < len(data):
-    (length,) = struct.unpack(">I", data[pos:pos + 4])
-    kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-    (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-    assert crc == zlib.crc32(kind + body)
-    chunks.setdefault(kind, b"")
-    chunks[kind] += body
-    pos += 12 + length
-  w, h, depth, colour_type = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-  raw = zlib.decompress(chunks[b"IDAT"])
-  assert (depth, colour_type) == (8, 2) and len(raw) == h * (3 * w + 1)
-  rows = np.frombuffer(raw, np.uint8).reshape(h, 3 * w + 1)
-  assert (rows[:, 0] == 0).all()
-  return rows[:, 1:].reshape(h, w, 3)
+  """The PNG's RGB pixels, read back by Pillow (a real decoder checks the file)."""
+  with Image.open(path) as image:
+    assert image.format == "PNG" and image.mode == "RGB"
+    return np.asarray(image)
+
+
+def _arc_dataset(tmp_path):
+  root = tmp_path / "tasks" / "evaluation"
+  root.mkdir(parents=True)
+  pair = {"input": [[1, 2, 3], [4, 5, 6]], "output": [[7, 8, 0], [3, 3, 1]]}
+  (root / "t1.json").write_text(json.dumps({"train": [pair], "test": [pair, pair]}))
+  out = tmp_path / "arc"
+  arc.build_arc_dataset(out, sources=[str(tmp_path / "tasks")], num_aug=0, log=None)
+  return out
+
+
+def _predictions_with_wrong_cells(data_dir, tmp_path, wrong_cells):
+  """An npz of the test split's first rows, predicted right except at `wrong_cells` [(row, position)]."""
+  arrays = data_format.load_split(data_dir, "test").sets["all"]
+  n = 1 + max(row for row, _ in wrong_cells)
+  inputs, labels = np.asarray(arrays["inputs"][:n]), np.asarray(arrays["labels"][:n])
+  preds = np.where(labels < 0, 0, labels)
+  for row, position in wrong_cells:
+    assert labels[row, position] >= 2, "pick a supervised cell"
+    preds[row, position] = 2 if labels[row, position] != 2 else 3
+  npz = tmp_path / "preds.npz"
+  np.savez(npz, inputs=inputs, labels=labels, preds=preds, puzzle_identifiers=np.zeros(n, np.int32))
+  return npz, labels, preds
+
+
+@pytest.mark.parametrize("kind", ["arc", "sudoku"])
+def test_png_captions_and_marks_exactly_the_wrong_cells(kind, demo_dir, tmp_path):
+  data_dir = _arc_dataset(tmp_path) if kind == "arc" else demo_dir
+  # ARC: cells of the 2x3 output grid (canvas row stride 30); Sudoku: cells of the 4x4 board.
+  wrong = [(0, 0), (0, 31), (1, 2)] if kind == "arc" else [(0, 5), (1, 0), (1, 15)]
+  npz, _, _ = _predictions_with_wrong_cells(data_dir, tmp_path, wrong)
+  out = pathlib.Path(show.show(data_dir, tmp_path / "p.png", predictions=npz))
+  pixels = _read_png(out)
+  examples, detected = show.collect_examples(data_dir, predictions=npz)
+  image, layout = show.render_png(examples, detected)
+  assert detected == kind and len(examples) == 2
+  np.testing.assert_array_equal(np.asarray(image), pixels)  # The file holds what was rendered.
+
+  cell, white = show.CELL_PIXELS[kind], np.array([255, 255, 255])
+  marked = set()
+  for k, (example, origins) in enumerate(zip(examples, layout)):
+    assert [p.title for p in example.panels] == ["input", "label", "prediction"]
+    for panel, (x0, y0) in zip(example.panels, origins):
+      h, w = panel.tokens.shape
+      for r in range(h):
+        for c in range(w):
+          corner = pixels[y0 + r * cell + 1, x0 + c * cell + 1]  # On the wrong-cell frame, if any.
+          centre = pixels[y0 + r * cell + cell // 2, x0 + c * cell + 1 + cell // 3]
+          if panel.wrong[r, c]:
+            marked.add((k, r, c))
+            np.testing.assert_array_equal(corner, white)
+          else:
+            np.testing.assert_array_equal(corner, show._hex(panel.colours[r][c]))
+          if kind == "arc":  # The fill still shows the predicted colour inside the frame.
+            np.testing.assert_array_equal(centre, show._hex(panel.colours[r][c]))
+    # Captions: the title band over the grids holds dark text pixels.
+    top = origins[0][1]
+    band = pixels[max(top - 40, 0):top - 1, :]
+    assert (band.max(-1) < 100).any(), f"no caption text above example {k}"
+  # Exactly the changed cells are marked: map the flat positions onto each prediction panel.
+  assert len(marked) == len(wrong)
+  assert sorted(k for k, _, _ in marked) == sorted(row for row, _ in wrong)
+  assert "wrong (2 cells)" in examples[0].title if kind == "arc" else "wrong (1 cells)" in examples[0].title
+
+
+def test_html_marks_wrong_cells_in_every_kind(tmp_path):
+  data_dir = _arc_dataset(tmp_path)
+  npz, _, _ = _predictions_with_wrong_cells(data_dir, tmp_path, [(0, 0), (1, 31)])
+  text = pathlib.Path(show.show(data_dir, tmp_path / "p.html", predictions=npz)).read_text()
+  assert text.count(show._HTML_MARK) == 2
 
 
 def test_png_output_for_each_kind(demo_dir, tmp_path):

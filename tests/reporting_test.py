@@ -3,8 +3,9 @@
 import io
 import json
 import math
-import random
+import pathlib
 import re
+import subprocess
 import sys
 import threading
 import types
@@ -31,72 +32,6 @@ class FakeClock:
 
   def sleep(self, seconds: float) -> None:
     self.now += seconds
-
-
-# --------------------------------------------------------------------------------------------------
-# CRC32C and TFRecord framing.
-# --------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("data, expected", [
-    (b"", 0x00000000),
-    (b"123456789", 0xE3069283),
-    (bytes(32), 0x8A9136AA),            # RFC 3720 B.4 vectors.
-    (b"\xff" * 32, 0x62A8AB43),
-    (bytes(range(32)), 0x46DD794E),
-    (bytes(range(31, -1, -1)), 0x113FDB5C),
-])
-def test_crc32c_known_vectors(data, expected):
-  assert reporting.crc32c(data) == expected
-
-
-def test_crc32c_continues_over_chunks_and_masks_like_tensorboard():
-  rng = random.Random(0)
-  data = bytes(rng.randrange(256) for _ in range(1000))
-  assert reporting.crc32c(data[400:], reporting.crc32c(data[:400])) == reporting.crc32c(data)
-  for n in (0, 1, 7, 8, 100, 1000):
-    assert reporting.masked_crc32c(data[:n]) == pywrap_tensorflow.masked_crc32c(data[:n])
-  # Spec: masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8, modulo 2**32.
-  crc = 0xE3069283
-  assert reporting.masked_crc32c(b"123456789") == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
-
-
-def test_tfrecord_frames_pass_the_strict_crc_checking_reader(tmp_path):
-  path = tmp_path / "records"
-  payloads = [b"", b"a", b"hello world" * 50]
-  path.write_bytes(b"".join(reporting.tfrecord_frame(p) for p in payloads))
-  reader = pywrap_tensorflow.PyRecordReader_New(str(path))
-  read = []
-  for _ in payloads:
-    reader.GetNext()  # Raises DataLossError on any CRC mismatch.
-    read.append(reader.record())
-  assert read == payloads
-  # A flipped payload byte must be caught by the data CRC.
-  corrupt = bytearray(path.read_bytes())
-  corrupt[-6] ^= 0x01
-  path.write_bytes(bytes(corrupt))
-  reader = pywrap_tensorflow.PyRecordReader_New(str(path))
-  reader.GetNext()
-  reader.GetNext()
-  with pytest.raises(Exception, match="crc32 check"):
-    reader.GetNext()
-
-
-def test_encoded_event_parses_with_tensorboards_protobuf():
-  event = event_pb2.Event.FromString(reporting.encode_event(
-      1234.5, 2**40 + 3, summary_values=[reporting.encode_summary_value("train/loss", 0.1),
-                                         reporting.encode_summary_value("ü/λ", -3.5)]))
-  assert event.wall_time == 1234.5
-  assert event.step == 2**40 + 3
-  assert [(v.tag, v.simple_value) for v in event.summary.value] == [
-      ("train/loss", float(np.float32(0.1))), ("ü/λ", -3.5)]
-  version = event_pb2.Event.FromString(reporting.encode_event(7.0, 0, file_version="brain.Event:2"))
-  assert version.file_version == "brain.Event:2" and version.step == 0
-  negative = event_pb2.Event.FromString(reporting.encode_event(0.0, -5))
-  assert negative.step == -5
-  huge = event_pb2.Event.FromString(
-      reporting.encode_event(0.0, 1, summary_values=[reporting.encode_summary_value("x", 1e300)]))
-  assert huge.summary.value[0].simple_value == math.inf
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,6 +88,46 @@ def test_tensorboard_writer_flush_makes_data_visible_before_close(tmp_path):
   writer.close()  # Idempotent.
   with pytest.raises(ValueError, match="closed"):
     writer.scalar("loss", 0.5, 4)
+
+
+def test_tensorboard_event_records_pass_the_strict_crc_checking_reader(tmp_path):
+  with reporting.TensorBoardWriter(tmp_path) as writer:
+    writer.scalars({"ü/λ": -3.5, "huge": 1e300, "loss": 0.1}, step=2**40 + 3, prefix="train")
+    writer.scalar("first", 1.0, 0)
+  reader = pywrap_tensorflow.PyRecordReader_New(str(writer.path))
+  events = []
+  for _ in range(3):  # file_version, then the two events; GetNext raises DataLossError on a CRC mismatch.
+    reader.GetNext()
+    events.append(event_pb2.Event.FromString(reader.record()))
+  assert events[0].file_version == "brain.Event:2"
+  assert events[1].step == 2**40 + 3
+  assert [(v.tag, v.simple_value) for v in events[1].summary.value] == [
+      ("train/ü/λ", -3.5), ("train/huge", math.inf), ("train/loss", float(np.float32(0.1)))]
+  assert events[2].step == 0 and events[2].summary.value[0].tag == "first"
+  # A flipped payload byte is caught by the data CRC.
+  corrupt = bytearray(writer.path.read_bytes())
+  corrupt[-6] ^= 0x01
+  writer.path.write_bytes(bytes(corrupt))
+  reader = pywrap_tensorflow.PyRecordReader_New(str(writer.path))
+  reader.GetNext()
+  reader.GetNext()
+  with pytest.raises(Exception, match="crc32 check"):
+    reader.GetNext()
+
+
+def test_tensorboard_writer_does_not_import_torch_or_boto3_but_leaves_them_importable(tmp_path):
+  script = (
+      "import importlib.util, sys\n"
+      "from hrm_jax.training import reporting\n"
+      f"w = reporting.TensorBoardWriter({str(tmp_path)!r}); w.scalar('x', 1.0, 1); w.close()\n"
+      "assert 'torch' not in sys.modules and 'boto3' not in sys.modules, sorted(sys.modules)\n"
+      "if importlib.util.find_spec('torch') is not None:\n"
+      "  import torch; print('torch importable', torch.__name__)\n"
+      "print('OK')\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
+  assert [(e.step, e.value) for e in _load(tmp_path).Scalars("x")] == [(1, 1.0)]
 
 
 def test_tensorboard_writer_rejects_unusable_logdir(tmp_path):
@@ -437,13 +412,15 @@ def test_progress_bar_tty_redraws_in_place_and_uses_given_rate():
     bar.update(step, {"lm_loss": 1.25}, steps_per_s=4.0)
     if step == 60:
       bar.write("eval done")  # A message goes on its own line and the bar is redrawn below it.
-      assert out.getvalue().endswith("\r\x1b[Keval done\n\r[############........] step 60/100 "
-                                     "(60.0%) | 4.00 steps/s | ETA 10s | loss 1.25\x1b[K")
+      before, message, after = out.getvalue().rpartition("eval done\n")
+      assert message and before.endswith("\r") and before.rstrip("\r").split("\r")[-1].strip() == ""
+      assert after == "\r[############........] step 60/100 (60.0%) | 4.00 steps/s | ETA 10s | loss 1.25"
   bar.close()
   text = out.getvalue()
   assert text.count("\n") == 2 and text.endswith("\n")
+  assert "\r" in text and text.count("step 100/100") >= 1  # Redrawn in place, never on new lines.
   last = text.rstrip("\n").split("\r")[-1]
-  assert last == "[####################] step 100/100 (100.0%) | 4.00 steps/s | ETA 0s | loss 1.25\x1b[K"
+  assert last == "[####################] step 100/100 (100.0%) | 4.00 steps/s | ETA 0s | loss 1.25"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
 from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
-from hrm_jax.model.losses import LossConfig
+from hrm_jax.model.losses import IGNORE_LABEL_ID, LossConfig
 from hrm_jax.training import evaluate as eval_lib
 from hrm_jax.training import optim
 from hrm_jax.training.segment import segment_value_and_grad
@@ -40,8 +40,13 @@ def _constant(lr: float) -> optax.Schedule:
   return optim.make_lr_schedule(lr, warmup_steps=0, total_steps=TRAJ_CALLS)
 
 
-def _jit_step(step_cfg: StepConfig, dense_opt, emb_schedule):
-  return jax.jit(make_train_step(step_cfg, dense_opt, emb_schedule), donate_argnums=0)
+def _optimizer(dense_opt) -> optax.GradientTransformation:
+  """The run's one optimiser: `dense_opt` plus the original's SignSGD (constant lr) on the puzzle rows."""
+  return optim.hrm_optimizer(dense_opt, optim.sparse_signsgd(_constant(PUZZLE_LR), PUZZLE_WEIGHT_DECAY))
+
+
+def _jit_step(step_cfg: StepConfig, optimizer):
+  return jax.jit(make_train_step(step_cfg, optimizer), donate_argnums=0)
 
 
 def _rel_error(ours, ref, ignore=None) -> float:
@@ -65,16 +70,17 @@ def test_train_step_reproduces_original_trajectory(original_fixture_dir):
   assert cfg.forward_dtype == "float32" and cfg.puzzle_emb_ndim == 64
   batch_size = int(reference["traj0_batch_inputs"].shape[0])
 
-  dense_opt = optim.adam_atan2(_constant(ADAM_LR), b1=BETAS[0], b2=BETAS[1], weight_decay=WEIGHT_DECAY)
+  optimizer = _optimizer(optim.adam_atan2(_constant(ADAM_LR), b1=BETAS[0], b2=BETAS[1],
+                                          weight_decay=WEIGHT_DECAY))
   params = jax.tree.map(jnp.asarray, converted.params)
+  table = jnp.asarray(converted.puzzle_table)
   state = TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, opt_state=dense_opt.init(params),
-      puzzle_table=jnp.asarray(converted.puzzle_table), buffers=jax.tree.map(jnp.asarray, converted.buffers),
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(optim.WithPuzzleEmb(params, table)),
+      puzzle_table=table, buffers=jax.tree.map(jnp.asarray, converted.buffers),
       carry=hrm.initial_carry(cfg, batch_size), rng=jax.random.key_data(jax.random.key(0)))
   loss_cfg = LossConfig(loss_type=converted.loss_type)
-  step_cfg = StepConfig(model=cfg, loss=loss_cfg, global_batch_size=batch_size,
-                        puzzle_emb_weight_decay=PUZZLE_WEIGHT_DECAY)
-  train_step = _jit_step(step_cfg, dense_opt, _constant(PUZZLE_LR))
+  step_cfg = StepConfig(model=cfg, loss=loss_cfg, global_batch_size=batch_size)
+  train_step = _jit_step(step_cfg, optimizer)
 
   # Our own gradients (same code as inside the step) only to find sign-ambiguous elements (tools/parity.py).
   @jax.jit
@@ -166,9 +172,9 @@ def _batches(cfg: ModelConfig, batch_size: int, count: int, seed: int = 0) -> li
           for _ in range(count)]
 
 
-def _fresh_state(cfg: ModelConfig, dense_opt, batch_size: int, rng_seed: int = 0) -> TrainState:
+def _fresh_state(cfg: ModelConfig, optimizer, batch_size: int, rng_seed: int = 0) -> TrainState:
   """create_train_state, with a Q head and puzzle table that make Q-halting and exploration matter."""
-  state = create_train_state(cfg, dense_opt, batch_size, seed=3)
+  state = create_train_state(cfg, optimizer, batch_size, seed=3)
   rng = np.random.default_rng(7)
   q_head = {"kernel": jnp.asarray(0.3 * rng.normal(size=state.params["q_head"]["kernel"].shape), jnp.float32),
             "bias": jnp.asarray([0.3, -0.2], jnp.float32)}
@@ -189,16 +195,16 @@ def test_grad_accumulation_matches_full_batch_with_exploration():
   cfg = _tiny_config(halt_exploration_prob=0.5)
   batch_size = 8
   batches = _batches(cfg, batch_size, count=4)
-  dense_opt = optim.adam_atan2(ADAM_LR, weight_decay=WEIGHT_DECAY)
+  optimizer = _optimizer(optim.adam_atan2(ADAM_LR, weight_decay=WEIGHT_DECAY))
 
   def jitted_step(grad_accum_steps):
     step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size,
-                          puzzle_emb_weight_decay=PUZZLE_WEIGHT_DECAY, grad_accum_steps=grad_accum_steps)
-    return _jit_step(step_cfg, dense_opt, _constant(PUZZLE_LR))
+                          grad_accum_steps=grad_accum_steps)
+    return _jit_step(step_cfg, optimizer)
 
   full_step = jitted_step(1)
-  full, full_history = _run_steps(full_step, _fresh_state(cfg, dense_opt, batch_size), batches)
-  accum, accum_history = _run_steps(jitted_step(4), _fresh_state(cfg, dense_opt, batch_size), batches)
+  full, full_history = _run_steps(full_step, _fresh_state(cfg, optimizer, batch_size), batches)
+  accum, accum_history = _run_steps(jitted_step(4), _fresh_state(cfg, optimizer, batch_size), batches)
 
   # Carry: identical halting decisions, step counts, data and (to float rounding) inner state.
   for (halted_f, steps_f, metrics_f), (halted_a, steps_a, metrics_a) in zip(full_history, accum_history):
@@ -220,7 +226,7 @@ def test_grad_accumulation_matches_full_batch_with_exploration():
 
   # The exploration draws do decide halting here: other draws (another rng) halt the rows differently, so
   # micro-batches drawing their own would have been caught above.
-  _, other_draws_history = _run_steps(full_step, _fresh_state(cfg, dense_opt, batch_size, rng_seed=1), batches)
+  _, other_draws_history = _run_steps(full_step, _fresh_state(cfg, optimizer, batch_size, rng_seed=1), batches)
   assert any(not np.array_equal(a[1], b[1]) for a, b in zip(full_history, other_draws_history))
 
 
@@ -231,15 +237,14 @@ def _train_step_memory(num_rows: int, dim: int, batch_size: int):
   """Memory analysis of the jitted, donated train step, lowered from shapes only (nothing allocated)."""
   cfg = _tiny_config(num_puzzle_identifiers=num_rows, puzzle_emb_ndim=dim, hidden_size=64, num_heads=4,
                      halt_exploration_prob=0.1)
-  dense_opt = optim.adam_atan2(ADAM_LR, weight_decay=WEIGHT_DECAY)
-  step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size,
-                        puzzle_emb_weight_decay=PUZZLE_WEIGHT_DECAY)
-  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, dense_opt, batch_size, seed=0))
+  optimizer = _optimizer(optim.adam_atan2(ADAM_LR, weight_decay=WEIGHT_DECAY))
+  step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size)
+  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, optimizer, batch_size, seed=0))
   assert abstract_state.puzzle_table.shape == (num_rows, dim)
   abstract_batch = {"inputs": jax.ShapeDtypeStruct((batch_size, cfg.seq_len), jnp.int32),
                     "labels": jax.ShapeDtypeStruct((batch_size, cfg.seq_len), jnp.int32),
                     "puzzle_identifiers": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-  step = _jit_step(step_cfg, dense_opt, _constant(PUZZLE_LR))
+  step = _jit_step(step_cfg, optimizer)
   return step.lower(abstract_state, abstract_batch).compile().memory_analysis()
 
 
@@ -260,7 +265,7 @@ def test_train_step_memory_with_million_row_puzzle_table():
 # Evaluation covers every test example once; its exact accuracy is what the saved predictions say.
 # ==========================================================================================================
 def _numpy_exact_accuracy(preds_NxS: np.ndarray, labels_NxS: np.ndarray) -> float:
-  supervised = labels_NxS != pipeline.IGNORE_LABEL
+  supervised = labels_NxS != IGNORE_LABEL_ID
   solved = np.all((preds_NxS == labels_NxS) | ~supervised, axis=-1) & supervised.any(axis=-1)
   return float(solved.sum() / supervised.any(axis=-1).sum())
 
@@ -271,8 +276,7 @@ def test_evaluate_covers_every_example_once_and_exact_accuracy_matches_predictio
   meta = data_format.load_metadata(data_dir, "test")
   cfg = _tiny_config(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
                      num_puzzle_identifiers=meta.num_puzzle_identifiers, halt_max_steps=2)
-  dense_opt = optim.adam_atan2(ADAM_LR)
-  state = _fresh_state(cfg, dense_opt, eval_batch)
+  state = _fresh_state(cfg, _optimizer(optim.adam_atan2(ADAM_LR)), eval_batch)
   eval_step = jax.jit(eval_lib.make_eval_step(cfg, LossConfig(), eval_lib.EvalConfig()))
 
   def run(save_to: pathlib.Path):
@@ -315,6 +319,6 @@ def test_evaluate_covers_every_example_once_and_exact_accuracy_matches_predictio
   assert summary["exact_accuracy"] == pytest.approx(_numpy_exact_accuracy(saved["preds"], saved["labels"]),
                                                     abs=1e-12)
   assert summary["exact_accuracy"] == pytest.approx(expected, abs=1e-12)
-  supervised = saved["labels"] != pipeline.IGNORE_LABEL
+  supervised = saved["labels"] != IGNORE_LABEL_ID
   token_accuracy = np.mean(np.sum((saved["preds"] == saved["labels"]) & supervised, -1) / supervised.sum(-1))
   assert summary["accuracy"] == pytest.approx(token_accuracy, rel=1e-6)

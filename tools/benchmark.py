@@ -48,9 +48,10 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from hrm_jax.convert import torch_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hrm_jax.model.config import ModelConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hrm_jax.model.config import ATTENTION_IMPLS, ModelConfig  # pylint: disable=wrong-import-position
 from hrm_jax.model.losses import IGNORE_LABEL_ID, LossConfig  # pylint: disable=wrong-import-position
 from hrm_jax.training import evaluate as eval_lib  # pylint: disable=wrong-import-position
+from hrm_jax.training import flops as flops_lib  # pylint: disable=wrong-import-position
 from hrm_jax.training import optim  # pylint: disable=wrong-import-position
 from hrm_jax.training.train_step import (  # pylint: disable=wrong-import-position
     StepConfig, create_train_state, make_train_step)
@@ -80,6 +81,7 @@ class BenchConfig:
   puzzle_emb_ndim: int | None = None  # None: hidden_size, as the original's arch config
   num_puzzle_identifiers: int = 1
   gpu_only: bool = False
+  attention_impl: str = "auto"
 
 
 CONFIGS = {
@@ -91,6 +93,9 @@ CONFIGS = {
     # The paper's Sudoku-Extreme model (27M parameters) and global batch; one puzzle id, as the builder.
     "paper-sudoku": BenchConfig(hidden_size=512, num_heads=8, H_layers=4, L_layers=4, seq_len=81,
                                 batch_size=768, forward_dtype="bfloat16", gpu_only=True),
+    # The paper's Maze 30x30 model at its per-GPU batch (vocab 6: pad, #, space, S, G, o).
+    "paper-maze": BenchConfig(hidden_size=512, num_heads=8, H_layers=4, L_layers=4, seq_len=900,
+                              batch_size=96, forward_dtype="bfloat16", vocab_size=6, gpu_only=True),
 }
 
 
@@ -101,13 +106,14 @@ class BenchmarkError(ValueError):
 # --------------------------------------------------------------------------------------------------------
 # Setup: configs, data, devices
 # --------------------------------------------------------------------------------------------------------
-def model_config(bench: BenchConfig, forward_dtype: str | None = None) -> ModelConfig:
+def model_config(bench: BenchConfig, forward_dtype: str | None = None,
+                 attention_impl: str | None = None) -> ModelConfig:
   return ModelConfig(
       vocab_size=bench.vocab_size, seq_len=bench.seq_len, hidden_size=bench.hidden_size,
       num_heads=bench.num_heads, H_layers=bench.H_layers, L_layers=bench.L_layers,
       puzzle_emb_ndim=bench.hidden_size if bench.puzzle_emb_ndim is None else bench.puzzle_emb_ndim,
       num_puzzle_identifiers=bench.num_puzzle_identifiers,
-      forward_dtype=forward_dtype or bench.forward_dtype)
+      forward_dtype=forward_dtype or bench.forward_dtype, attention_impl=attention_impl or bench.attention_impl)
 
 
 def torch_model_config(cfg: ModelConfig, batch_size: int) -> dict[str, Any]:
@@ -217,25 +223,40 @@ def _compile_timed(jitted, *args):
   return compiled, lower_s, time.perf_counter() - start
 
 
+def _flops(step_fn, compiled, *args) -> float:
+  """FLOPs of one call (loops unrolled for the count); the compiled step's own count if that fails."""
+  try:
+    return flops_lib.step_flops(step_fn, *args)
+  except Exception as e:  # pylint: disable=broad-except  (a figure, never a reason to lose the timings)
+    print(f"benchmark: warning: FLOPs with loops unrolled failed ({type(e).__name__}: {e}); using the "
+          "compiled step's cost analysis, which counts each loop body once", file=sys.stderr)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+
+
 # --------------------------------------------------------------------------------------------------------
 # The four things timed: each is a callable doing one synchronised call
 # --------------------------------------------------------------------------------------------------------
 class JaxTrain:
   """hrm_jax's jitted train step with the state donated, compiled ahead of time."""
 
-  def __init__(self, cfg: ModelConfig, batch_size: int, batches: list[dict[str, np.ndarray]], seed: int):
+  def __init__(self, cfg: ModelConfig, batch_size: int, batches: list[dict[str, np.ndarray]], seed: int,
+               count_flops: bool = True):
     schedule = lambda base: optim.make_lr_schedule(base, warmup_steps=WARMUP_STEPS, total_steps=TOTAL_STEPS)
-    dense_opt = optim.make_dense_optimizer(schedule(LR), b1=BETAS[0], b2=BETAS[1],
-                                           weight_decay=WEIGHT_DECAY)
-    self.state = jax.jit(lambda: create_train_state(cfg, dense_opt, batch_size, seed))()
+    optimizer = optim.hrm_optimizer(
+        optim.make_dense_optimizer(schedule(LR), b1=BETAS[0], b2=BETAS[1], weight_decay=WEIGHT_DECAY),
+        optim.sparse_signsgd(schedule(PUZZLE_EMB_LR), PUZZLE_EMB_WEIGHT_DECAY))
+    self.state = jax.jit(lambda: create_train_state(cfg, optimizer, batch_size, seed))()
     # Host copies (not views of buffers that the first step donates).
     self.initial_weights = jax.tree.map(
         np.array, jax.device_get((self.state.params, self.state.buffers, self.state.puzzle_table)))
-    step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size,
-                          puzzle_emb_weight_decay=PUZZLE_EMB_WEIGHT_DECAY)
-    jitted = jax.jit(make_train_step(step_cfg, dense_opt, schedule(PUZZLE_EMB_LR)), donate_argnums=0)
+    step_cfg = StepConfig(model=cfg, loss=LossConfig(), global_batch_size=batch_size)
+    step_fn = make_train_step(step_cfg, optimizer)
+    jitted = jax.jit(step_fn, donate_argnums=0)
     self.batches = [jax.device_put(b) for b in batches]
     self.compiled, self.lower_s, self.compile_s = _compile_timed(jitted, self.state, self.batches[0])
+    self.flops = _flops(step_fn, self.compiled, self.state, self.batches[0]) if count_flops else None
     self.calls = 0
     self.first_loss: float | None = None
 
@@ -292,9 +313,11 @@ class JaxEval:
   def __init__(self, cfg: ModelConfig, batches: list[dict[str, np.ndarray]], initial_weights):
     params, buffers, table = jax.device_put(initial_weights)
     self.args = (params, buffers, table)
-    jitted = jax.jit(eval_lib.make_eval_step(cfg, LossConfig(), eval_lib.EvalConfig()))
+    step_fn = eval_lib.make_eval_step(cfg, LossConfig(), eval_lib.EvalConfig())
     self.batches = [jax.device_put(b) for b in batches]
-    self.compiled, self.lower_s, self.compile_s = _compile_timed(jitted, *self.args, self.batches[0])
+    self.compiled, self.lower_s, self.compile_s = _compile_timed(jax.jit(step_fn), *self.args, self.batches[0])
+    # The ACT while_loop counts once: FLOPs of one segment, times the segments every row runs (16, fixed).
+    self.flops = _flops(step_fn, self.compiled, *self.args, self.batches[0]) * cfg.halt_max_steps
     self.calls = 0
     self.first_loss: float | None = None
 
@@ -399,7 +422,8 @@ def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup:
     make_torch = lambda compile_model: TorchTrain(cfg, batch_size, batches, jax_runner.initial_weights,
                                                   torch_device, compile_model)
   else:
-    state = jax.jit(lambda: create_train_state(cfg, optim.make_dense_optimizer(LR), batch_size, seed))()
+    optimizer = optim.hrm_optimizer(optim.make_dense_optimizer(LR), optim.sparse_signsgd(PUZZLE_EMB_LR, 0.0))
+    state = jax.jit(lambda: create_train_state(cfg, optimizer, batch_size, seed))()
     weights = jax.device_get((state.params, state.buffers, state.puzzle_table))
     jax_runner = JaxEval(cfg, batches, weights)
     make_torch = lambda compile_model: TorchEval(cfg, batch_size, batches, weights, torch_device,
@@ -422,6 +446,14 @@ def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup:
   row["ratio"] = row["torch_ms"] / row["hrm_jax_ms"]
   if torch_compile:
     row["ratio_torch_compile"] = row["torch_compile_ms"] / row["hrm_jax_ms"]
+  # FLOPs per call from XLA's cost analysis of hrm_jax's step; torch computes the same thing, so the same
+  # count turns each column's time into model FLOP/s.
+  row["flops_per_call"] = jax_runner.flops
+  for name in times:
+    use = flops_lib.utilisation(jax_runner.flops, row[f"{name}_ms"] / 1e3)
+    row[f"{name}_tflops_per_s"] = use["tflops_per_s"]
+    row[f"{name}_mfu"] = use["mfu"]
+  row["peak_tflops"], row["peak_device"] = use["peak_tflops"], use["device_kind"]
   row["hrm_jax_lower_s"] = jax_runner.lower_s
   row["hrm_jax_compile_s"] = jax_runner.compile_s
   row["load_avg_before"] = round(loads_before[0], 2)
@@ -443,6 +475,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--batch", type=int, default=None, help="rows per batch (default: the config's)")
   parser.add_argument("--forward-dtype", choices=["float32", "bfloat16"], default=None,
                       help="default: the config's (float32 for tiny/small, bfloat16 for paper-sudoku)")
+  parser.add_argument("--attention", choices=list(ATTENTION_IMPLS), default=None,
+                      help="hrm_jax's attention_impl (default: the config's, auto)")
   parser.add_argument("--steps", type=int, default=20, help="timed calls per framework")
   parser.add_argument("--warmup", type=int, default=2, help="untimed calls per framework first (>= 1)")
   parser.add_argument("--what", default="train,eval", help="comma-separated subset of train,eval")
@@ -474,6 +508,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
+def _frameworks(row: dict[str, Any]) -> list[str]:
+  return [name for name in ("hrm_jax", "torch", "torch_compile") if f"{name}_mfu" in row]
+
+
 def format_table(report: dict[str, Any]) -> str:
   env = report["environment"]
   lines = [
@@ -500,6 +538,13 @@ def format_table(report: dict[str, Any]) -> str:
   lines.append(f"ratio = torch ms / hrm_jax ms (> 1: hrm_jax faster); medians over {report['steps']} {order} "
                f"calls after {report['warmup']} warm-up calls; load = 1-min load average before/after; jax "
                "compile = trace+lower+XLA compile, not in the medians")
+  for row in report["results"]:
+    peak = (f"MFU against {row['peak_device']}'s dense bf16 peak {row['peak_tflops']:.0f} TFLOP/s: " + ", ".join(
+        f"{name} {100 * row[f'{name}_mfu']:.1f}%" for name in _frameworks(row)) if row["peak_tflops"] else
+            "MFU: no known peak for this device")
+    lines.append(f"{row['what']}: {row['flops_per_call'] / 1e9:.2f} GFLOP per call (XLA cost analysis); "
+                 "model TFLOP/s " + ", ".join(f"{name} {row[f'{name}_tflops_per_s']:.3f}"
+                                              for name in _frameworks(row)) + "; " + peak)
   if report["torch_compile"]:
     lines.append("torch.compile first call (compilation included), s: " + ", ".join(
         f"{row['what']} {row['torch_compile_first_call_s']:.1f}" for row in report["results"]))
@@ -526,7 +571,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"benchmark: warning: hrm_jax runs on {devices['jax_platform']} but torch on {torch_device.type}; "
           "the ratio compares different devices.", file=sys.stderr)
 
-  cfg = model_config(bench, args.forward_dtype)
+  try:
+    cfg = model_config(bench, args.forward_dtype, args.attention)
+    cfg.check_platform(devices["jax_platform"])
+  except ValueError as e:
+    print(f"benchmark: error: {e}", file=sys.stderr)
+    return 2
   batch_size = args.batch or bench.batch_size
   device_label = "gpu" if jax_on_gpu else "cpu"
   report: dict[str, Any] = {

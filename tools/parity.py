@@ -236,7 +236,7 @@ def _run_parity(fixture_dir: pathlib.Path) -> tuple[list[Result], list[str]]:
   # their elements. A tolerance widens to 3x the largest spread only where that exceeds it.
   variants = [_compute(cfg, converted, all_config, ref, nudge_buffers=True)]
   if bf16:
-    variants.append(_compute(cfg.replace(attention_impl="auto"), converted, all_config, ref))
+    variants.append(_compute(cfg.replace(attention_impl="jax"), converted, all_config, ref))
   unknown = sorted(set(ref) - set(cmp.records) - _bookkeeping_names(ref))
   return cmp.judge(variants), unknown
 
@@ -416,12 +416,13 @@ def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, 
   warmup = int(all_config.get("lr_warmup_steps", 0) or 0)
   min_ratio = float(all_config.get("lr_min_ratio", 1.0))
   total_steps = max(_NUM_TRAJ_CALLS, 1)
-  dense_opt = optim.adam_atan2(optim.make_lr_schedule(lr, warmup_steps=warmup, total_steps=total_steps,
-                                                      min_ratio=min_ratio), b1=betas[0], b2=betas[1],
-                               weight_decay=wd)
-  emb_schedule = optim.make_lr_schedule(lr_emb, warmup_steps=warmup, total_steps=total_steps,
-                                        min_ratio=min_ratio)
-  opt_state = dense_opt.init(params)
+  # The run's one optimiser object (train.make_optimizers): AdamATan2 dense, SignSGD on the puzzle rows.
+  optimizer = optim.hrm_optimizer(
+      optim.adam_atan2(optim.make_lr_schedule(lr, warmup_steps=warmup, total_steps=total_steps,
+                                              min_ratio=min_ratio), b1=betas[0], b2=betas[1], weight_decay=wd),
+      optim.sparse_signsgd(optim.make_lr_schedule(lr_emb, warmup_steps=warmup, total_steps=total_steps,
+                                                  min_ratio=min_ratio), wd_emb))
+  opt_state = optimizer.init(optim.WithPuzzleEmb(params, table))
   grad_tol = cmp.tolerance("grad")
   batch_size = int(ref["traj0_batch_inputs"].shape[0])
   carry = hrm.initial_carry(cfg, batch_size)
@@ -473,12 +474,16 @@ def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, 
       amb, _ = _signsgd_ambiguity(ref, p + "grad__puzzle_emb.local_weights", np.asarray(ids), row_grads,
                                   np.asarray(table), grad_tol, lr_emb, wd_emb, 1)
       ambiguous_table |= amb
-      table = optim.sparse_signsgd_update(table, ids, row_grads, emb_schedule(k), wd_emb)
+      sparse_grads = optim.SparseRowGrads(ids, row_grads)
+    else:
+      sparse_grads = None
+    updates, opt_state = optimizer.update(optim.WithPuzzleEmb(grads, sparse_grads), opt_state,
+                                          optim.WithPuzzleEmb(params, table))
+    params, table = optim.apply_updates(optim.WithPuzzleEmb(params, table), updates)
+    if table is not None:
       slack = np.full(table.shape, 2.0 * lr_emb * (k + 1)) + np.abs(table_start) * lr_emb * wd_emb * (k + 1)
       cmp.close(p + "param__puzzle_emb.weights", table, "param", ambiguous_table, slack)
 
-    updates, opt_state = dense_opt.update(grads, opt_state, params)
-    params = jax.tree.map(lambda a, u: a + u, params, updates)
     params_orig = _original_keys(params, cfg)
     # AdamATan2's largest possible step per update is lr/(1-b1^t)·pi/2 (atan2 is bounded).
     max_step = sum(lr / (1 - betas[0] ** (t + 1)) * np.pi / 2 for t in range(k + 1))

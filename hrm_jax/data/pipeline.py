@@ -35,8 +35,7 @@ import grain
 import numpy as np
 
 from hrm_jax.data import format as data_format
-
-IGNORE_LABEL = -100  # What labels equal to ignore_label_id become (the original's IGNORE_LABEL_ID).
+from hrm_jax.model.losses import IGNORE_LABEL_ID  # What labels equal to ignore_label_id become.
 _STATE_VERSION = 1
 
 PathLike = str | os.PathLike
@@ -283,7 +282,7 @@ class _Rows:
     """int32 everything, labels equal to ignore_label_id -> -100 (the original's `_collate_batch`)."""
     labels_RxS = raw["labels"].astype(np.int32)
     if self._metadata.ignore_label_id is not None:
-      labels_RxS[raw["labels"] == self._metadata.ignore_label_id] = IGNORE_LABEL
+      labels_RxS[raw["labels"] == self._metadata.ignore_label_id] = IGNORE_LABEL_ID
     return {"inputs": raw["inputs"].astype(np.int32), "labels": labels_RxS,
             "puzzle_identifiers": raw["puzzle_identifiers"].astype(np.int32, copy=False)}
 
@@ -467,7 +466,7 @@ class _GatherEvalBatch(grain.transforms.Map):
     num_rows = example_L.shape[0]
     batch = {
         "inputs": np.full((num_rows, metadata.seq_len), metadata.pad_id, np.int32),
-        "labels": np.full((num_rows, metadata.seq_len), IGNORE_LABEL, np.int32),
+        "labels": np.full((num_rows, metadata.seq_len), IGNORE_LABEL_ID, np.int32),
         "puzzle_identifiers": np.full((num_rows,), metadata.blank_identifier_id, np.int32),
         "valid": valid_L,
     }

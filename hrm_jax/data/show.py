@@ -3,10 +3,11 @@
   python -m hrm_jax.data.show data/sudoku-4x4-demo --split test --num 8 --out /tmp/sudoku.html
   python -m hrm_jax.data.show data/arc-aug-1000 --predictions preds.npz --out /tmp/arc.png
 
-HTML is a single self-contained file (inline styles, no scripts or downloads) with puzzle names and
-per-example correctness; PNG is written with zlib only (no matplotlib), grids and digits but no
-captions. Sudoku shows digits (givens shaded, solved cells blue, wrong predictions red), mazes
-walls/start/goal/path, ARC the standard colour palette cropped to the used part of the canvas.
+HTML is a single self-contained file (inline styles, no scripts or downloads); the PNG (Pillow) has the
+same captions: puzzle names, per-example correctness and panel titles. Sudoku shows digits (givens
+white, solved cells blue, wrong predictions red), mazes walls/start/goal/path, ARC the standard colour
+palette cropped to the used part of the canvas. In every prediction picture each wrong cell has a white
+frame (on ARC it is the only mark, since the fill shows the predicted colour).
 
 The predictions file is an .npz with `inputs`, `labels`, `puzzle_identifiers` and either `preds`
 [N, seq] or `logits` [N, seq, vocab] (argmax is taken); rows whose inputs are all PAD are skipped.
@@ -18,26 +19,25 @@ import argparse
 import dataclasses
 import html
 import pathlib
-import struct
 import sys
-import zlib
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from hrm_jax.data import format as data_format
+from hrm_jax.model.losses import IGNORE_LABEL_ID
 
 KINDS = ("sudoku", "maze", "arc")
-IGNORE_LABEL = -100
 ARC_PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE",
                "#FF851B", "#7FDBFF", "#870C25")
 _PAD_COLOUR, _EOS_COLOUR, _WRONG_COLOUR = "#EEEEEE", "#BBBBBB", "#FF6B6B"
 _MAZE_COLOURS = {0: _PAD_COLOUR, 1: "#222222", 2: "#FFFFFF", 3: "#2ECC40", 4: "#FF4136",
                  5: "#FF9F1C"}
-# 3×5 bitmap digits for PNG output, rows top to bottom, bits left to right.
-_FONT = {"0": (7, 5, 5, 5, 7), "1": (2, 6, 2, 2, 7), "2": (7, 1, 7, 4, 7), "3": (7, 1, 7, 1, 7),
-         "4": (5, 5, 7, 1, 1), "5": (7, 4, 7, 1, 7), "6": (7, 4, 7, 5, 7), "7": (7, 1, 1, 1, 1),
-         "8": (7, 5, 7, 5, 7), "9": (7, 5, 7, 1, 7)}
+_MARK_COLOUR = "#FFFFFF"  # Frame on wrong predicted cells; not in the ARC palette nor any fill of a wrong cell.
+_HTML_MARK = f"box-shadow:inset 0 0 0 2px {_MARK_COLOUR}"
+_GRID_LINE, _BOX_LINE = (200, 200, 200), (40, 40, 40)
+CELL_PIXELS = {"sudoku": 24, "maze": 8, "arc": 12}
 
 
 class ShowError(ValueError):
@@ -140,7 +140,7 @@ def make_example(kind: str, title: str, inputs: np.ndarray, labels: np.ndarray,
     raise ShowError(f"sequence length {inputs.shape[0]} is not a square grid.")
   inp = inputs.reshape(side, side).astype(np.int64)
   lab = labels.reshape(side, side).astype(np.int64)
-  lab = np.where(lab == IGNORE_LABEL, 0, lab)
+  lab = np.where(lab == IGNORE_LABEL_ID, 0, lab)
   pred = None if preds is None else preds.reshape(side, side).astype(np.int64)
   no_wrong = np.zeros_like(inp, dtype=bool)
   wrong = no_wrong if pred is None else (lab != 0) & (pred != lab)
@@ -195,6 +195,8 @@ def render_html(examples: Sequence[Example], heading: str) -> str:
         cells = []
         for c, (colour, text) in enumerate(zip(colour_row, text_row)):
           style = f"background:{colour}"
+          if panel.wrong[r, c]:
+            style += f";{_HTML_MARK}"
           if panel.box:
             if c % panel.box == 0 and c:
               style += ";border-left:2px solid #333"
@@ -212,66 +214,75 @@ def _hex(colour: str) -> tuple[int, int, int]:
   return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
-def _panel_image(panel: Panel, cell: int) -> np.ndarray:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+  try:
+    return ImageFont.load_default(size=size)
+  except (ImportError, OSError, TypeError):  # Pillow without FreeType: the fixed bitmap font.
+    return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+  left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+  return right - left, bottom - top
+
+
+def _draw_panel(draw: ImageDraw.ImageDraw, panel: Panel, x0: int, y0: int, cell: int) -> None:
+  """Draws `panel`'s grid with its top-left grid line at (x0, y0): cells, digits, box lines, wrong marks."""
   h, w = panel.tokens.shape
-  image = np.full((h * cell + 1, w * cell + 1, 3), 200, dtype=np.uint8)  # Grid lines.
+  draw.rectangle((x0, y0, x0 + w * cell, y0 + h * cell), fill=_GRID_LINE)
+  digits = _font(max(8, cell * 2 // 3))
   for r in range(h):
     for c in range(w):
-      y, x = r * cell + 1, c * cell + 1
-      image[y:y + cell - 1, x:x + cell - 1] = _hex(panel.colours[r][c])
+      x, y = x0 + c * cell + 1, y0 + r * cell + 1
+      draw.rectangle((x, y, x + cell - 2, y + cell - 2), fill=_hex(panel.colours[r][c]))
+      if panel.wrong[r, c]:
+        # A frame inside the cell (the fill keeps showing the predicted colour, as ARC needs).
+        draw.rectangle((x, y, x + cell - 2, y + cell - 2), outline=_hex(_MARK_COLOUR),
+                       width=max(1, cell // 6))
       text = panel.texts[r][c]
-      if text and cell >= 10 and all(ch in _FONT for ch in text):
-        scale = max(1, (cell - 4) // 6)
-        gw, gh = 4 * scale * len(text) - scale, 5 * scale
-        ty, tx = y + (cell - 1 - gh) // 2, x + (cell - 1 - gw) // 2
-        for k, ch in enumerate(text):
-          for gy, bits in enumerate(_FONT[ch]):
-            for gx in range(3):
-              if bits >> (2 - gx) & 1:
-                yy, xx = ty + gy * scale, tx + (4 * k + gx) * scale
-                image[yy:yy + scale, xx:xx + scale] = 0
+      if text and cell >= 10:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=digits)
+        draw.text((x + (cell - 1 - (right - left)) // 2 - left, y + (cell - 1 - (bottom - top)) // 2 - top),
+                  text, fill=(0, 0, 0), font=digits)
   if panel.box:
     for k in range(0, h + 1, panel.box):
-      image[min(k * cell, image.shape[0] - 1)] = 40
+      draw.line((x0, y0 + k * cell, x0 + w * cell, y0 + k * cell), fill=_BOX_LINE)
     for k in range(0, w + 1, panel.box):
-      image[:, min(k * cell, image.shape[1] - 1)] = 40
-  return image
+      draw.line((x0 + k * cell, y0, x0 + k * cell, y0 + h * cell), fill=_BOX_LINE)
 
 
-def render_png_array(examples: Sequence[Example], kind: str) -> np.ndarray:
-  """One RGB image: an example per row, its panels left to right."""
-  cell = {"sudoku": 24, "maze": 8, "arc": 12}[kind]
-  gap = 12
-  rows = []
+def render_png(examples: Sequence[Example], kind: str) -> tuple[Image.Image, list[list[tuple[int, int]]]]:
+  """One RGB picture: an example per row under its caption, its panels left to right under their titles.
+
+  Returns the picture and, per example and panel, the (x, y) of the grid's top-left corner (cell (r, c)
+  covers x + c·cell .. x + (c+1)·cell, with `cell = CELL_PIXELS[kind]`).
+  """
+  cell, gap = CELL_PIXELS[kind], 12
+  caption_font, title_font = _font(13), _font(11)
+  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+  caption_h = _text_size(measure, "Ag", caption_font)[1] + 6
+  title_h = _text_size(measure, "Ag", title_font)[1] + 4
+  layout, rows, width, y = [], [], 0, gap // 2
   for example in examples:
-    images = [_panel_image(p, cell) for p in example.panels]
-    height = max(i.shape[0] for i in images)
-    parts = []
-    for image in images:
-      padded = np.full((height, image.shape[1] + gap, 3), 255, np.uint8)
-      padded[:image.shape[0], :image.shape[1]] = image
-      parts.append(padded)
-    rows.append(np.concatenate(parts, axis=1))
-  width = max(r.shape[1] for r in rows) + 2 * gap
-  canvas = []
-  for row in rows:
-    padded = np.full((row.shape[0] + gap, width, 3), 255, np.uint8)
-    padded[gap // 2:gap // 2 + row.shape[0], gap:gap + row.shape[1]] = row
-    canvas.append(padded)
-  return np.concatenate(canvas, axis=0)
-
-
-def write_png(path: pathlib.Path, rgb_HxWx3: np.ndarray) -> None:
-  """Writes an 8-bit RGB PNG with zlib (no imaging library needed)."""
-  h, w, _ = rgb_HxWx3.shape
-  raw = b"".join(b"\x00" + rgb_HxWx3[y].tobytes() for y in range(h))
-
-  def chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-  png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
-         chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-  path.write_bytes(png)
+    x, origins = gap, []
+    grid_top = y + caption_h + title_h
+    for panel in example.panels:
+      origins.append((x, grid_top))
+      panel_w = max(panel.tokens.shape[1] * cell + 1, _text_size(measure, panel.title, title_font)[0])
+      x += panel_w + gap
+    width = max(width, x, gap + _text_size(measure, example.title, caption_font)[0] + gap)
+    height = max(p.tokens.shape[0] for p in example.panels) * cell + 1
+    rows.append((y, example, origins))
+    layout.append(origins)
+    y = grid_top + height + gap
+  image = Image.new("RGB", (width, y), (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  for top, example, origins in rows:
+    draw.text((gap, top), example.title, fill=(0, 0, 0), font=caption_font)
+    for panel, (x0, y0) in zip(example.panels, origins):
+      draw.text((x0, y0 - title_h), panel.title, fill=(85, 85, 85), font=title_font)
+      _draw_panel(draw, panel, x0, y0, cell)
+  return image, layout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,7 +370,7 @@ def show(data_dir: str | pathlib.Path, out: str | pathlib.Path, split: str = "te
   if not examples:
     raise ShowError(f"nothing to show: no examples from index {start} in {data_dir} ({split}).")
   if suffix == ".png":
-    write_png(out, render_png_array(examples, kind))
+    render_png(examples, kind)[0].save(out, format="PNG")
   else:
     heading = f"{data_dir} · {split} · {kind}" + (f" · {predictions}" if predictions else "")
     out.write_text(render_html(examples, heading), encoding="utf-8")

@@ -11,7 +11,10 @@ import jax.numpy as jnp
 POS_ENCODINGS = ("rope", "learned")
 FORWARD_DTYPES = ("float32", "bfloat16")
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "jax")
+# "auto" uses the blockwise attention from this many positions on (below it the scores are small and the
+# one-shot "xla" path, the parity reference, is as fast).
+BLOCKWISE_MIN_LEN = 256
 ARCHS = ("hrm_v1", "trm")  # hrm_v1: this class; trm: hrm_jax.model.trm.TRMConfig
 
 
@@ -41,8 +44,10 @@ class ModelConfig:
   halt_max_steps: int = 16
   halt_exploration_prob: float = 0.1
   forward_dtype: str = "bfloat16"
-  # Not in the original: how attention is computed ("xla" everywhere, "cudnn" on GPUs that have it,
-  # "auto" lets JAX pick).
+  # Not in the original: how attention is computed. "xla": one-shot [B, N, T, T] scores with flash-attention's
+  # rounding (the parity reference); "blockwise": online softmax over key blocks, memory linear in T (any
+  # platform); "cudnn": cuDNN flash attention (GPU, bfloat16); "jax": jax.nn.dot_product_attention's XLA path;
+  # "auto": cudnn on GPU in bfloat16, else blockwise from BLOCKWISE_MIN_LEN positions on, else xla.
   attention_impl: str = "xla"
   arch: str = "hrm_v1"  # which model; "trm" configs are hrm_jax.model.trm.TRMConfig
 
@@ -57,6 +62,9 @@ class ModelConfig:
       problems.append(f"forward_dtype={self.forward_dtype!r} (choose one of {FORWARD_DTYPES})")
     if self.attention_impl not in ATTENTION_IMPLS:
       problems.append(f"attention_impl={self.attention_impl!r} (choose one of {ATTENTION_IMPLS})")
+    elif self.attention_impl == "cudnn" and self.forward_dtype != "bfloat16":
+      problems.append(f"attention_impl='cudnn' needs forward_dtype='bfloat16', not {self.forward_dtype!r} "
+                      "(use attention_impl='blockwise' or 'auto' for float32)")
     if self.hidden_size % self.num_heads:
       problems.append(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
     elif (self.hidden_size // self.num_heads) % 2 and self.pos_encodings == "rope":
@@ -71,6 +79,21 @@ class ModelConfig:
       problems.append(f"halt_exploration_prob={self.halt_exploration_prob} must be in [0, 1]")
     if problems:
       raise ValueError("Invalid model config: " + "; ".join(problems))
+
+  def check_platform(self, platform: str) -> None:
+    """Raises ValueError (one line) when `attention_impl` cannot run on `platform` ("cpu", "gpu", "tpu")."""
+    if self.attention_impl == "cudnn" and platform != "gpu":
+      raise ValueError(f"Invalid model config: attention_impl='cudnn' needs a CUDA GPU, but JAX runs on "
+                       f"{platform}; use attention_impl='auto' (or 'blockwise')")
+
+  def resolved_attention_impl(self, platform: str, length: int) -> str:
+    """The attention implementation actually used at `length` positions on `platform`."""
+    self.check_platform(platform)
+    if self.attention_impl != "auto":
+      return self.attention_impl
+    if platform == "gpu" and self.forward_dtype == "bfloat16" and self.head_dim % 8 == 0 and self.head_dim <= 128:
+      return "cudnn"
+    return "blockwise" if length >= BLOCKWISE_MIN_LEN else "xla"
 
   @property
   def head_dim(self) -> int:

@@ -6,6 +6,7 @@ as the original's `CastedLinear`/`CastedEmbedding` do. Kernels use the Flax `[in
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -125,6 +126,126 @@ def attention_xla(q_BxTxNxH: jax.Array, k_BxSxNxH: jax.Array, v_BxSxNxH: jax.Arr
   return out_BxTxNxH.astype(v_BxSxNxH.dtype)
 
 
+# Keys per block of the blockwise attention: scores are [B, N, T, block] instead of [B, N, T, T].
+ATTENTION_BLOCK = 128
+
+
+def _key_blocks(k_BxSxNxH: jax.Array, v_BxSxNxH: jax.Array, block: int):
+  """Keys and values zero-padded to whole blocks, `[nb, B, block, N, H]`, with the real-key mask `[nb, block]`."""
+  batch, length, heads, head_dim = k_BxSxNxH.shape
+  num_blocks = -(-length // block)
+  pad = num_blocks * block - length
+  split = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(
+      batch, num_blocks, block, heads, head_dim).swapaxes(0, 1)
+  valid_KbxK = (np.arange(num_blocks * block) < length).reshape(num_blocks, block)
+  return split(k_BxSxNxH), split(v_BxSxNxH), jnp.asarray(valid_KbxK)
+
+
+def _block_scores(q_BxTxNxH, k_BxKxNxH, valid_K, scale, precision):
+  s_BxNxTxK = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxKxNxH, precision=precision,
+                         preferred_element_type=jnp.float32) * scale
+  return jnp.where(valid_K, s_BxNxTxK, -jnp.inf)
+
+
+def _blockwise_forward(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, block):
+  """Online softmax over key blocks; returns (out `[B, T, N, H]`, log-sum-exp `[B, N, T]` float32)."""
+  batch, length, heads, head_dim = q_BxTxNxH.shape
+  scale = 1.0 / np.sqrt(head_dim)
+  precision = _precision(q_BxTxNxH.dtype)
+  k_blocks, v_blocks, valid = _key_blocks(k_BxSxNxH, v_BxSxNxH, block)
+
+  def body(carry, blk):
+    max_BxNxT, sum_BxNxT, acc_BxTxNxH = carry
+    k_j, v_j, valid_j = blk
+    s_BxNxTxK = _block_scores(q_BxTxNxH, k_j, valid_j, scale, precision)
+    # Every block holds at least one real key, so the new maximum is finite and exp(-inf - max) = 0.
+    new_max = jnp.maximum(max_BxNxT, jnp.max(s_BxNxTxK, axis=-1))
+    rescale_BxNxT = jnp.exp(max_BxNxT - new_max)
+    exp_BxNxTxK = jnp.exp(s_BxNxTxK - new_max[..., None])
+    sum_BxNxT = rescale_BxNxT * sum_BxNxT + jnp.sum(exp_BxNxTxK, axis=-1)
+    pv_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", exp_BxNxTxK.astype(v_j.dtype), v_j, precision=precision,
+                            preferred_element_type=jnp.float32)
+    acc_BxTxNxH = acc_BxTxNxH * jnp.swapaxes(rescale_BxNxT, 1, 2)[..., None] + pv_BxTxNxH
+    return (new_max, sum_BxNxT, acc_BxTxNxH), None
+
+  init = (jnp.full((batch, heads, length), -jnp.inf, jnp.float32),
+          jnp.zeros((batch, heads, length), jnp.float32),
+          jnp.zeros((batch, length, heads, head_dim), jnp.float32))
+  (max_BxNxT, sum_BxNxT, acc_BxTxNxH), _ = jax.lax.scan(body, init, (k_blocks, v_blocks, valid))
+  out_BxTxNxH = (acc_BxTxNxH / jnp.swapaxes(sum_BxNxT, 1, 2)[..., None]).astype(v_BxSxNxH.dtype)
+  return out_BxTxNxH, max_BxNxT + jnp.log(sum_BxNxT)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _blockwise(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, block):
+  return _blockwise_forward(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, block)[0]
+
+
+def _blockwise_fwd(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, block):
+  out_BxTxNxH, lse_BxNxT = _blockwise_forward(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, block)
+  return out_BxTxNxH, (q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, out_BxTxNxH, lse_BxNxT)
+
+
+def _blockwise_bwd(block, residuals, dout_BxTxNxH):
+  """Flash-attention's backward: recomputes each block's probabilities from the saved log-sum-exp."""
+  q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, out_BxTxNxH, lse_BxNxT = residuals
+  length_k = k_BxSxNxH.shape[1]
+  scale = 1.0 / np.sqrt(q_BxTxNxH.shape[-1])
+  precision = _precision(q_BxTxNxH.dtype)
+  k_blocks, v_blocks, valid = _key_blocks(k_BxSxNxH, v_BxSxNxH, block)
+  dout = dout_BxTxNxH.astype(v_BxSxNxH.dtype)
+  delta_BxNxT = jnp.einsum("btnh,btnh->bnt", dout_BxTxNxH.astype(jnp.float32),
+                           out_BxTxNxH.astype(jnp.float32), precision=precision)
+
+  def body(dq_BxTxNxH, blk):
+    k_j, v_j, valid_j = blk
+    s_BxNxTxK = _block_scores(q_BxTxNxH, k_j, valid_j, scale, precision)
+    p_BxNxTxK = jnp.exp(s_BxNxTxK - lse_BxNxT[..., None])
+    dv_j = jnp.einsum("bnts,btnh->bsnh", p_BxNxTxK.astype(dout.dtype), dout, precision=precision,
+                      preferred_element_type=jnp.float32)
+    dp_BxNxTxK = jnp.einsum("btnh,bsnh->bnts", dout, v_j, precision=precision,
+                            preferred_element_type=jnp.float32)
+    ds_BxNxTxK = (p_BxNxTxK * (dp_BxNxTxK - delta_BxNxT[..., None])).astype(q_BxTxNxH.dtype)
+    dq_BxTxNxH = dq_BxTxNxH + scale * jnp.einsum("bnts,bsnh->btnh", ds_BxNxTxK, k_j, precision=precision,
+                                                 preferred_element_type=jnp.float32)
+    dk_j = scale * jnp.einsum("bnts,btnh->bsnh", ds_BxNxTxK, q_BxTxNxH, precision=precision,
+                              preferred_element_type=jnp.float32)
+    return dq_BxTxNxH, (dk_j, dv_j)
+
+  dq, (dk_blocks, dv_blocks) = jax.lax.scan(
+      body, jnp.zeros(q_BxTxNxH.shape, jnp.float32), (k_blocks, v_blocks, valid))
+  merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((x.shape[1], -1) + x.shape[3:])[:, :length_k]
+  return (dq.astype(q_BxTxNxH.dtype), merge(dk_blocks).astype(k_BxSxNxH.dtype),
+          merge(dv_blocks).astype(v_BxSxNxH.dtype))
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def attention_blockwise(q_BxTxNxH: jax.Array, k_BxSxNxH: jax.Array, v_BxSxNxH: jax.Array,
+                        block: int = ATTENTION_BLOCK) -> jax.Array:
+  """`attention_xla`'s result without its `[B, N, T, S]` scores: an online softmax over blocks of `block` keys.
+
+  Forward and backward (a custom VJP that recomputes the probabilities block by block from the saved
+  log-sum-exp, as flash attention does) keep at most `[B, N, T, block]` float32 at a time, and the gradient
+  keeps only q, k, v, the output and `[B, N, T]`, so memory grows linearly with the sequence length.
+  """
+  return _blockwise(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, min(block, k_BxSxNxH.shape[1]))
+
+
+def attention(q_BxTxNxH: jax.Array, k_BxSxNxH: jax.Array, v_BxSxNxH: jax.Array, cfg: ModelConfig,
+              platform: str | None = None) -> jax.Array:
+  """Attention as `cfg.attention_impl` says (resolving "auto" for this platform and length)."""
+  impl = cfg.resolved_attention_impl(platform or jax.default_backend(), q_BxTxNxH.shape[1])
+  if impl == "xla":
+    return attention_xla(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)
+  if impl == "blockwise":
+    return attention_blockwise(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH)
+  # "cudnn": cuDNN's fused flash attention; "jax": jax.nn's XLA reference (normalises before the cast).
+  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, is_causal=False,
+                                      implementation="cudnn" if impl == "cudnn" else "xla")
+
+
 class Attention(nn.Module):
   """Non-causal multi-head self-attention with a fused [Q heads | K heads | V heads] projection."""
 
@@ -141,11 +262,7 @@ class Attention(nn.Module):
       cos, sin = rope_tables(cfg.head_dim, length, cfg.rope_theta)
       q = apply_rope(q, jnp.asarray(cos), jnp.asarray(sin))
       k = apply_rope(k, jnp.asarray(cos), jnp.asarray(sin))
-    if cfg.attention_impl == "xla":
-      out_BxTxNxH = attention_xla(q, k, v)
-    else:
-      impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
-      out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=False, implementation=impl)
+    out_BxTxNxH = attention(q, k, v, cfg)
     out_BxTxD = out_BxTxNxH.reshape(batch, length, cfg.num_heads * cfg.head_dim)
     return CastedDense(cfg.hidden_size, name="o_proj")(out_BxTxD)
 

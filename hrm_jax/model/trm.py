@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from hrm_jax.model import hrm
 from hrm_jax.model import layers
-from hrm_jax.model.config import ModelConfig, swiglu_width
+from hrm_jax.model.config import ATTENTION_IMPLS, ModelConfig, swiglu_width
 
 # Shared with HRM unchanged.
 DATA_KEYS = hrm.DATA_KEYS
@@ -63,8 +63,10 @@ class TRMConfig(ModelConfig):
       problems.append(f"arch={self.arch!r} (TRMConfig is arch 'trm')")
     if self.forward_dtype not in TRM_FORWARD_DTYPES:
       problems.append(f"forward_dtype={self.forward_dtype!r} (choose one of {TRM_FORWARD_DTYPES})")
-    if self.attention_impl not in ("xla", "cudnn", "auto"):
-      problems.append(f"attention_impl={self.attention_impl!r} (choose one of ('xla', 'cudnn', 'auto'))")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      problems.append(f"attention_impl={self.attention_impl!r} (choose one of {ATTENTION_IMPLS})")
+    elif self.attention_impl == "cudnn" and self.forward_dtype != "bfloat16":
+      problems.append(f"attention_impl='cudnn' needs forward_dtype='bfloat16', not {self.forward_dtype!r}")
     for name in ("vocab_size", "seq_len", "hidden_size", "num_heads", "H_cycles", "L_cycles", "L_layers",
                  "halt_max_steps", "num_puzzle_identifiers"):
       if getattr(self, name) < 1:

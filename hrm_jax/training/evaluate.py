@@ -18,7 +18,7 @@ import numpy as np
 from hrm_jax.model import arch
 from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
-from hrm_jax.model.losses import LossConfig, act_loss, per_class_counts
+from hrm_jax.model.losses import IGNORE_LABEL_ID, LossConfig, act_loss, per_class_counts
 from hrm_jax.training import ema as ema_lib
 
 
@@ -35,7 +35,7 @@ def make_eval_step(cfg: ModelConfig, loss_cfg: LossConfig, eval_cfg: EvalConfig)
     valid_B = batch.get("valid", jnp.ones(batch["inputs"].shape[:1], bool))
     outputs = arch.model_for(cfg).infer(params, buffers, cfg, puzzle_table, batch, halt_on_q=eval_cfg.halt_on_q,
                                         halt_max_steps=eval_cfg.halt_max_steps)
-    labels = jnp.where(valid_B[:, None], batch["labels"], -100)
+    labels = jnp.where(valid_B[:, None], batch["labels"], IGNORE_LABEL_ID)
     _, metrics = act_loss(outputs, labels, valid_B, outputs["steps"], **loss_cfg.kwargs())
     correct_V, total_V = per_class_counts(outputs["logits"], labels, valid_B, cfg.vocab_size)
     metrics = dict(metrics, class_correct=correct_V, class_total=total_V,

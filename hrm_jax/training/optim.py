@@ -1,4 +1,4 @@
-"""Optimisers, LR schedules, gradient accumulation and the sparse puzzle-embedding SignSGD.
+"""Optimisers and LR schedules: AdamATan2 on the dense parameters, sparse SignSGD on the puzzle table.
 
 Mirrors the original's `pretrain.py` (HRM_REFERENCE §4.1–4.2): AdamATan2 on every dense parameter, a
 sign-SGD step on only the puzzle-table rows present in the batch, both driven by the same
@@ -7,14 +7,18 @@ original does not use.
 
 Step numbering: optax hands a schedule the 0-based count of updates already applied; the original
 increments its step before use, so its first update runs at step 1. Every schedule here takes the optax
-count and evaluates the original at `step = count + 1`. The sparse update has no state: the caller passes
-`lr = schedule(count)` with the same count as the dense optimiser.
+count and evaluates the original at `step = count + 1`.
+
+`hrm_optimizer(dense, sparse_signsgd(...))` is the one optimiser object of a run. Its params, gradients,
+updates and state are `WithPuzzleEmb(dense=..., puzzle_emb=...)` pairs: the dense half is any optax
+transformation over the parameter tree; the puzzle half sees only the batch's rows (`SparseRowGrads` in,
+`SparseRowUpdates` out), so its cost is O(batch × embedding), never O(table).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -253,135 +257,143 @@ def make_dense_optimizer(
 
 
 # ------------------------------------------------------------------------------------------------
-# Gradient accumulation
-# ------------------------------------------------------------------------------------------------
-
-
-def split_microbatches(batch: Any, num_microbatches: int) -> Any:
-  """Reshapes every leaf's leading axis B into [num_microbatches, B / num_microbatches, ...]."""
-
-  def split(x):
-    if x.shape[0] % num_microbatches:
-      raise ValueError(f"batch axis {x.shape[0]} is not divisible by num_microbatches="
-                       f"{num_microbatches}; pick a divisor of the per-device batch")
-    return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
-
-  return jax.tree.map(split, batch)
-
-
-def accumulate_gradients(
-    grad_fn: Callable[[Any, Any], tuple[Any, Any]],
-    params: Any,
-    microbatches: Any,
-    *,
-    reduce: str = "sum",
-) -> tuple[Any, Any]:
-  """Runs `grad_fn` over micro-batches with `lax.scan` and combines the gradients in float32.
-
-  HRM's loss is a sum of per-example losses divided by the GLOBAL batch size; with that
-  normalisation inside `grad_fn`, `reduce="sum"` gives the large-batch gradient. Use `reduce="mean"`
-  when `grad_fn` normalises by the micro-batch size instead. Anything per-example (the ACT carry, the
-  puzzle-embedding row gradients, metrics) comes back stacked in `aux` with a leading micro-batch
-  axis; flatten the row gradients and their ids to [M·b, E] / [M·b] and apply the sparse update once.
-
-  Args:
-    grad_fn: (params, microbatch) -> (grads, aux).
-    params: passed unchanged to every call.
-    microbatches: pytree whose leaves have a leading axis M (see `split_microbatches`).
-    reduce: "sum" or "mean" over micro-batches.
-
-  Returns:
-    (grads in the dtype grad_fn returns, aux stacked over M).
-  """
-  if reduce not in ("sum", "mean"):
-    raise ValueError(f"reduce={reduce!r}; use 'sum' (loss already divided by the global batch) or "
-                     "'mean' (loss divided by the micro-batch)")
-  num_microbatches = jax.tree.leaves(microbatches)[0].shape[0]
-  first = jax.tree.map(lambda x: x[0], microbatches)
-  grads_shape, _ = jax.eval_shape(grad_fn, params, first)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), grads_shape)
-
-  def body(acc, microbatch):
-    grads, aux = grad_fn(params, microbatch)
-    return jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads), aux
-
-  total, aux = jax.lax.scan(body, zeros, microbatches)
-  if reduce == "mean":
-    total = jax.tree.map(lambda g: g / num_microbatches, total)
-  grads = jax.tree.map(lambda g, s: g.astype(s.dtype), total, grads_shape)
-  return grads, aux
-
-
-# ------------------------------------------------------------------------------------------------
 # Sparse puzzle-embedding SignSGD
 # ------------------------------------------------------------------------------------------------
 
 
-def gather_rows(table_NxE: jax.Array, ids_B: jax.Array) -> jax.Array:
-  """The batch's puzzle-table rows (the original's `local_weights`); differentiate w.r.t. these.
+class SparseRowGrads(NamedTuple):
+  """The puzzle table's gradient as the batch's rows: what `sparse_signsgd` takes."""
 
-  ids must lie in [0, N): larger ids give NaN rows, negative ids wrap like NumPy.
+  ids_B: jax.Array  # puzzle id of each row (duplicates allowed; ids outside [0, N) are ignored)
+  rows_BxE: jax.Array  # gradient w.r.t. the gathered rows (`hrm.gather_puzzle_rows`)
+
+
+class SparseRowUpdates(NamedTuple):
+  """What `sparse_signsgd` returns: w ← w·decay + step on each listed row (`apply_row_updates`).
+
+  `ids_U` holds each touched id once (static size B); unused slots hold distinct ids ≥ N and are dropped.
   """
-  return jnp.take(table_NxE, ids_B, axis=0)
+
+  ids_U: jax.Array
+  decay_UxE: jax.Array
+  step_UxE: jax.Array
 
 
-def sparse_signsgd_update(
-    table_NxE: jax.Array,
-    ids_B: jax.Array,
-    row_grads_BxE: jax.Array,
-    lr: jax.typing.ArrayLike,
-    weight_decay: float,
-) -> jax.Array:
-  """The original's `CastedSparseEmbeddingSignSGD_Distributed` step on only the rows in the batch.
+class SignSGDState(NamedTuple):
+  count: jax.Array  # int32 updates applied so far; the schedule's argument
 
-  Gradients of duplicate ids are summed, then each touched row gets
-  w ← w·(1 − lr·wd) − lr·sign(G); other rows are left bit-identical (no decay). The work and
-  temporaries are O(B·E): with the table donated under jit the scatters are in place, provided every
-  other read of the table (`gather_rows`) feeds the row gradients, so XLA orders it first. For data
-  parallelism pass the GLOBAL batch's ids and row gradients (under `shard_map`, see
-  `all_gather_sparse_grads`; under plain jit with globally sharded arrays, pass them as they are).
-  Ids outside [0, N) are ignored.
 
-  Args:
-    table_NxE: the puzzle-embedding table.
-    ids_B: puzzle id of each row gradient (duplicates allowed).
-    row_grads_BxE: gradient w.r.t. `gather_rows(table_NxE, ids_B)`.
-    lr: learning rate for this step (e.g. `make_lr_schedule(puzzle_emb_lr, ...)(count)`).
-    weight_decay: the original's `puzzle_emb_weight_decay`.
+def signsgd_row_updates(num_rows: int, grads: SparseRowGrads, lr: jax.typing.ArrayLike,
+                        weight_decay: float, dtype: Any = jnp.float32) -> SparseRowUpdates:
+  """The original's `CastedSparseEmbeddingSignSGD_Distributed` step, as row updates.
 
-  Returns:
-    The updated table, same shape and dtype.
+  Gradients of duplicate ids are summed (in float32), then each touched row gets
+  w ← w·(1 − lr·wd) − lr·sign(G). Decay and step stay separate because the original rounds after each,
+  while XLA would contract `w·decay − lr·sign` into one FMA (an ulp away). The decay is NaN where the
+  gradient is (sign(NaN) is NaN in the original); deriving it from the gradient also orders the in-place
+  scatters after every read of the table, so XLA never copies the whole table.
   """
-  num_rows = table_NxE.shape[0]
-  batch = ids_B.shape[0]
-  ids_B = ids_B.astype(jnp.int32)
+  batch = grads.ids_B.shape[0]
+  ids_B = grads.ids_B.astype(jnp.int32)
   # Sorted unique ids padded (with num_rows) to the static size B; inverse maps each slot to its id.
   uniq_U, inverse_B = jnp.unique(ids_B, return_inverse=True, size=batch, fill_value=num_rows)
   grads_UxE = jax.ops.segment_sum(
-      row_grads_BxE.astype(jnp.float32), inverse_B.reshape(-1), num_segments=batch)
+      grads.rows_BxE.astype(jnp.float32), inverse_B.reshape(-1), num_segments=batch)
   # Padding and invalid ids get distinct out-of-range indices so the scatter drops them and its
   # indices stay truly unique.
   slots_U = jnp.arange(batch, dtype=jnp.int32)
   uniq_U = jnp.where((uniq_U >= 0) & (uniq_U < num_rows), uniq_U, num_rows + slots_U)
   lr = jnp.asarray(lr, jnp.float32)
-  # Two in-place scatters, not one of w·decay − lr·sign: the original rounds after the decay and
-  # again after the step, while XLA contracts the fused expression into one FMA (an ulp away).
-  # Deriving the decay from the gradient (NaN in, NaN out, as sign(NaN) in the original) orders the
-  # first scatter after every read of the table; without that dependency XLA copies the whole table.
-  decay = (1.0 - lr * weight_decay).astype(table_NxE.dtype)
-  decay_UxE = jnp.where(jnp.isnan(grads_UxE), jnp.nan, decay).astype(table_NxE.dtype)
-  step_UxE = (-lr * jnp.sign(grads_UxE)).astype(table_NxE.dtype)
-  table_NxE = table_NxE.at[uniq_U].multiply(decay_UxE, mode="drop", unique_indices=True)
-  return table_NxE.at[uniq_U].add(step_UxE, mode="drop", unique_indices=True)
+  decay = (1.0 - lr * weight_decay).astype(dtype)
+  decay_UxE = jnp.where(jnp.isnan(grads_UxE), jnp.nan, decay).astype(dtype)
+  step_UxE = (-lr * jnp.sign(grads_UxE)).astype(dtype)
+  return SparseRowUpdates(uniq_U, decay_UxE, step_UxE)
 
 
-def all_gather_sparse_grads(
-    ids_B: jax.Array, row_grads_BxE: jax.Array, axis_name: str | tuple[str, ...]
-) -> tuple[jax.Array, jax.Array]:
-  """Inside `shard_map`: every device's ids and row gradients, concatenated in device order.
+def apply_row_updates(table_NxE: jax.Array, updates: SparseRowUpdates) -> jax.Array:
+  """Applies `SparseRowUpdates` as two scatters; in place when the table is donated under jit.
 
-  The original all-gathers before its sparse step; feeding the result to `sparse_signsgd_update` on
-  each device's replicated table keeps the copies identical.
+  Rows not listed stay bit-identical (no decay).
   """
-  return (jax.lax.all_gather(ids_B, axis_name, tiled=True),
-          jax.lax.all_gather(row_grads_BxE, axis_name, tiled=True))
+  table_NxE = table_NxE.at[updates.ids_U].multiply(updates.decay_UxE, mode="drop", unique_indices=True)
+  return table_NxE.at[updates.ids_U].add(updates.step_UxE, mode="drop", unique_indices=True)
+
+
+def sparse_signsgd(learning_rate: float | optax.Schedule, weight_decay: float) -> optax.GradientTransformation:
+  """SignSGD on only the puzzle-table rows in the batch, as an optax transformation.
+
+  `update(SparseRowGrads, state, table)` returns `SparseRowUpdates` for `apply_row_updates`; the lr is
+  `learning_rate(count)` (the original's `puzzle_emb_lr` schedule) and the weight decay is the
+  original's `puzzle_emb_weight_decay`. For data parallelism pass the GLOBAL batch's ids and row
+  gradients (under jit with globally sharded arrays they are already global).
+  """
+
+  def init_fn(table_NxE) -> SignSGDState:
+    del table_NxE
+    return SignSGDState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(grads: SparseRowGrads, state: SignSGDState, table_NxE=None):
+    if table_NxE is None:
+      raise ValueError("sparse_signsgd needs the table: call update(row_grads, state, table)")
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    updates = signsgd_row_updates(table_NxE.shape[0], grads, lr, weight_decay, table_NxE.dtype)
+    return updates, SignSGDState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's optimiser: dense + sparse in one object
+# ------------------------------------------------------------------------------------------------
+
+
+class WithPuzzleEmb(NamedTuple):
+  """A (dense tree, puzzle table part) pair: the params, gradients, updates and state of `hrm_optimizer`.
+
+  As params: (dense parameters, table or None); as gradients: (dense grads, `SparseRowGrads` or None);
+  as updates: (dense updates, `SparseRowUpdates` or None); as state: (dense state, `SignSGDState`).
+  """
+
+  dense: Any
+  puzzle_emb: Any
+
+
+def hrm_optimizer(dense: optax.GradientTransformation,
+                  puzzle_emb: optax.GradientTransformation) -> optax.GradientTransformation:
+  """The original's two optimisers as one: `puzzle_emb` on the table's rows, `dense` on the rest.
+
+  Each half keeps its own state, schedule and weight decay. A None table (no puzzle embedding) leaves
+  the puzzle half's state unchanged. Apply the result with `apply_updates`.
+  """
+
+  def init_fn(params: WithPuzzleEmb) -> WithPuzzleEmb:
+    return WithPuzzleEmb(dense.init(params.dense), puzzle_emb.init(params.puzzle_emb))
+
+  def update_fn(grads: WithPuzzleEmb, state: WithPuzzleEmb, params: WithPuzzleEmb | None = None):
+    if params is None:
+      raise ValueError("hrm_optimizer applies weight decay, so update() needs params")
+    # The original steps the sparse optimiser first; the halves are independent, so only the order of
+    # the ops in the program follows it.
+    row_updates, emb_state = None, state.puzzle_emb
+    if grads.puzzle_emb is not None:
+      row_updates, emb_state = puzzle_emb.update(grads.puzzle_emb, state.puzzle_emb, params.puzzle_emb)
+    dense_updates, dense_state = dense.update(grads.dense, state.dense, params.dense)
+    return WithPuzzleEmb(dense_updates, row_updates), WithPuzzleEmb(dense_state, emb_state)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def apply_updates(params: WithPuzzleEmb, updates: WithPuzzleEmb) -> WithPuzzleEmb:
+  """`optax.apply_updates` on the dense half, `apply_row_updates` on the table."""
+  table = params.puzzle_emb
+  if updates.puzzle_emb is not None:
+    table = apply_row_updates(table, updates.puzzle_emb)
+  return WithPuzzleEmb(optax.apply_updates(params.dense, updates.dense), table)
+
+
+def sparse_signsgd_update(table_NxE: jax.Array, ids_B: jax.Array, row_grads_BxE: jax.Array,
+                          lr: jax.typing.ArrayLike, weight_decay: float) -> jax.Array:
+  """One SignSGD step at a given lr, without optimiser state (for checks against the original)."""
+  updates = signsgd_row_updates(table_NxE.shape[0], SparseRowGrads(ids_B, row_grads_BxE), lr,
+                                weight_decay, table_NxE.dtype)
+  return apply_row_updates(table_NxE, updates)

@@ -126,8 +126,10 @@ def dataset_identity(data_dir: pathlib.Path, meta: data_format.DatasetMetadata) 
 
 
 def model_config_from(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadata) -> ModelConfig:
-  return ModelConfig.from_dict(dict(config.model.to_dict(), vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                                    num_puzzle_identifiers=meta.num_puzzle_identifiers))
+  cfg = ModelConfig.from_dict(dict(config.model.to_dict(), vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                                   num_puzzle_identifiers=meta.num_puzzle_identifiers))
+  cfg.check_platform(jax.default_backend())  # e.g. attention_impl='cudnn' on a CPU
+  return cfg
 
 
 def loss_config_from(config: ml_collections.ConfigDict) -> LossConfig:
@@ -164,6 +166,7 @@ def plan_run(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadat
 
 
 def make_optimizers(config: ml_collections.ConfigDict, plan: RunPlan):
+  """(the run's one optimiser: `optim.hrm_optimizer(dense, sparse_signsgd)`, dense lr, puzzle-table lr schedule)."""
   opt = config.optimizer
   schedule = lambda base: optim.make_lr_schedule(
       base, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_ratio=opt.lr_min_ratio,
@@ -171,7 +174,9 @@ def make_optimizers(config: ml_collections.ConfigDict, plan: RunPlan):
   dense = optim.make_dense_optimizer(
       schedule(opt.lr), name=opt.name, b1=opt.beta1, b2=opt.beta2, weight_decay=opt.weight_decay,
       eps=opt.eps, grad_clip_norm=opt.grad_clip_norm or None)
-  return dense, schedule(opt.lr), schedule(opt.puzzle_emb_lr)
+  emb_schedule = schedule(opt.puzzle_emb_lr)
+  optimizer = optim.hrm_optimizer(dense, optim.sparse_signsgd(emb_schedule, opt.puzzle_emb_weight_decay))
+  return optimizer, schedule(opt.lr), emb_schedule
 
 
 def state_shardings(mesh: Mesh, abstract_state: TrainState) -> TrainState:
@@ -309,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   eval_bs = config.eval.batch_size or gbs
   if eval_bs % num_devices:
     raise TrainingError(f"eval.batch_size={eval_bs} must be divisible by the {num_devices} devices.")
-  dense_opt, lr_schedule, emb_schedule = make_optimizers(config, plan)
+  optimizer, lr_schedule, _ = make_optimizers(config, plan)
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   batch_sharding = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
@@ -318,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
             for k, v in local_batch.items()}
 
-  init_fn = lambda: create_train_state(cfg, dense_opt, gbs, config.seed, ema=config.ema)
+  init_fn = lambda: create_train_state(cfg, optimizer, gbs, config.seed, ema=config.ema)
   abstract_state = jax.eval_shape(init_fn)
   shardings = state_shardings(mesh, abstract_state)
   config_dict = json.loads(config.to_json_best_effort())
@@ -391,9 +396,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # ---------------------------------------------------------------------------------------------- compile
     step_cfg = StepConfig(model=cfg, loss=loss_cfg, global_batch_size=gbs,
-                          puzzle_emb_weight_decay=config.optimizer.puzzle_emb_weight_decay,
                           grad_accum_steps=config.grad_accum_steps, ema_rate=config.ema_rate)
-    train_step = jax.jit(make_train_step(step_cfg, dense_opt, emb_schedule),
+    train_step = jax.jit(make_train_step(step_cfg, optimizer),
                          in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                          donate_argnums=0)
     eval_cfg = eval_lib.EvalConfig(halt_on_q=config.eval.halt_on_q,

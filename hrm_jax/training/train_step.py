@@ -1,8 +1,9 @@
 """Train state and the pure train step `(state, batch) -> (state, metrics)`.
 
 One training step is one ACT segment per row, as the original's `train_batch`: reset halted rows with the new
-batch, one segment forward + backward on `loss / global_batch_size`, SignSGD on the touched puzzle-table rows,
-then the dense optimiser. The step is jitted once with the state donated.
+batch, one segment forward + backward on `loss / global_batch_size`, then one update of the run's optimiser
+(`optim.hrm_optimizer`: SignSGD on the touched puzzle-table rows, AdamATan2 or AdamW on the dense parameters).
+The step is jitted once with the state donated.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class TrainState:
 
   step: jax.Array  # int32 scalar: optimiser steps taken
   params: Any  # dense parameters (trained by AdamATan2 / AdamW)
-  opt_state: Any  # dense optimiser state
+  opt_state: optim.WithPuzzleEmb  # the optimiser's state: (dense half, puzzle-embedding half)
   puzzle_table: jax.Array | None  # [num_puzzle_identifiers, puzzle_emb_ndim] float32 (SignSGD); None if unused
   buffers: dict[str, jax.Array]  # H_init / L_init
   carry: hrm.Carry  # ACT carry persisting across steps
@@ -45,25 +46,26 @@ class StepConfig:
   model: ModelConfig
   loss: LossConfig
   global_batch_size: int
-  puzzle_emb_weight_decay: float
   grad_accum_steps: int = 1
   ema_rate: float = 0.999  # used when the state carries ema_params
 
 
-def create_train_state(cfg: ModelConfig, dense_opt: optax.GradientTransformation, batch_size: int,
+def create_train_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, batch_size: int,
                        seed: int, ema: bool = False) -> TrainState:
   """A fresh state with the original's initialisation. `batch_size` is the GLOBAL batch (carry rows).
 
-  ema=True adds the EMA shadow, starting at the initial parameters.
+  `optimizer` is the run's `optim.hrm_optimizer(dense, puzzle_emb)`; ema=True adds the EMA shadow, starting at
+  the initial parameters.
   """
   key = jax.random.key(seed)
   key_params, key_buffers, key_run = jax.random.split(key, 3)
   params = arch.model_for(cfg).init_params(cfg, key_params)
+  puzzle_table = hrm.init_puzzle_table(cfg) if cfg.puzzle_emb_ndim > 0 else None
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      opt_state=dense_opt.init(params),
-      puzzle_table=hrm.init_puzzle_table(cfg) if cfg.puzzle_emb_ndim > 0 else None,
+      opt_state=optimizer.init(optim.WithPuzzleEmb(params, puzzle_table)),
+      puzzle_table=puzzle_table,
       buffers=hrm.init_buffers(cfg, key_buffers),
       carry=hrm.initial_carry(cfg, batch_size),
       rng=jax.random.key_data(key_run),
@@ -78,9 +80,9 @@ def _merge_rows(tree):
   return jax.tree.map(lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), tree)
 
 
-def make_train_step(step_cfg: StepConfig, dense_opt: optax.GradientTransformation,
-                    emb_lr_schedule: optax.Schedule) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """The pure train step; jit it (with the state donated) before use."""
+def make_train_step(step_cfg: StepConfig, optimizer: optax.GradientTransformation
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The pure train step of `optimizer` (`optim.hrm_optimizer`); jit it (with the state donated) before use."""
   cfg, loss_cfg = step_cfg.model, step_cfg.loss
   num_chunks = step_cfg.grad_accum_steps
 
@@ -116,12 +118,10 @@ def make_train_step(step_cfg: StepConfig, dense_opt: optax.GradientTransformatio
       row_grads = _merge_rows(row_grads)
       metrics = jax.tree.map(lambda m: jnp.sum(m, axis=0), chunk_metrics)
 
-    puzzle_table = state.puzzle_table
-    if cfg.puzzle_emb_ndim > 0:
-      puzzle_table = optim.sparse_signsgd_update(puzzle_table, ids_B, row_grads, emb_lr_schedule(state.step),
-                                                 step_cfg.puzzle_emb_weight_decay)
-    updates, opt_state = dense_opt.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    trainables = optim.WithPuzzleEmb(state.params, state.puzzle_table)
+    row_grads = optim.SparseRowGrads(ids_B, row_grads) if cfg.puzzle_emb_ndim > 0 else None
+    updates, opt_state = optimizer.update(optim.WithPuzzleEmb(grads, row_grads), state.opt_state, trainables)
+    params, puzzle_table = optim.apply_updates(trainables, updates)
 
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               puzzle_table=puzzle_table, carry=new_carry, rng=jax.random.key_data(rng))
