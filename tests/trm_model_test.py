@@ -17,6 +17,7 @@ from hrm_jax.model import trm
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig
 from hrm_jax.training import ema as ema_lib
+from hrm_jax.training import optim
 from hrm_jax.training import train_step as train_step_lib
 
 TRM_FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "trm_original" / "tiny"
@@ -111,12 +112,11 @@ def test_training_halts_on_q_halt_alone_without_a_target():
 
 def test_train_step_updates_the_ema_and_evaluation_uses_it():
   cfg = _cfg()
-  opt = optax.sgd(0.1)
+  opt = optim.hrm_optimizer(optax.sgd(0.1), optim.sparse_signsgd(0.01, 0.1))
   state = train_step_lib.create_train_state(cfg, opt, batch_size=4, seed=0, ema=True)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state.params, state.ema_params))
-  step_cfg = train_step_lib.StepConfig(model=cfg, loss=LossConfig(), global_batch_size=4,
-                                       puzzle_emb_weight_decay=0.1, ema_rate=0.75)
-  step = jax.jit(train_step_lib.make_train_step(step_cfg, opt, optax.constant_schedule(0.01)))
+  step_cfg = train_step_lib.StepConfig(model=cfg, loss=LossConfig(), global_batch_size=4, ema_rate=0.75)
+  step = jax.jit(train_step_lib.make_train_step(step_cfg, opt))
   batch = {"inputs": jnp.ones((4, cfg.seq_len), jnp.int32), "labels": jnp.full((4, cfg.seq_len), 2, jnp.int32),
            "puzzle_identifiers": jnp.arange(4, dtype=jnp.int32) % 3}
   new, metrics = step(state, batch)
