@@ -2,6 +2,7 @@
 
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/float32
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/bfloat16
+  python -m tools.parity ../shared/fixtures/trm_original/tiny/float32     # TRM (also bfloat16, float64)
 
 FIXTURE_DIR holds checkpoint_dir/step_0, checkpoint_dir/all_config.yaml, model_cfg.json and reference.npz
 (array names and meanings in the fixture's README.txt). The checkpoint is loaded through the converter, every
@@ -25,6 +26,10 @@ for the puzzle table the duplicate-summed row gradient) AND hrm_jax's gradient h
 element is excluded from the relative-error check but must still lie within the largest possible total update
 of its starting value (2 · Σ_t lr/(1-β1^t) · π/2 for AdamATan2, 2 · t · lr for SignSGD, plus the decay), and
 the count of such elements is printed beside the array.
+
+A TRM fixture (the converter recognises TRM's checkpoint) gets the same checks with TRM's model, plus
+TRM's own arrays (tools/parity_trm.py: every network call of a segment, the EMA shadow, the EMA checkpoint's
+eval loop, `preds`).
 
 Exit status: 0 when every checked array passes, 1 when any fails. Arrays of unknown names are listed as
 NOT CHECKED.
