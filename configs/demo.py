@@ -48,6 +48,7 @@ def get_config(variant: str = ""):
     c.checkpoint.every_steps = 3
     c.log.every_steps = 1
     c.log.progress_bar = False
+    c.log.progress_every_s = 5.0
   elif variant:
     raise ValueError(f"Unknown variant {variant!r} of configs/demo.py; use '' or 'smoke'.")
   c.lock()

@@ -447,10 +447,13 @@ def test_failure_of_earlier_async_save_surfaces_on_next_save(tmp_path, monkeypat
 
 
 def test_check_resume_compatible_accepts_safe_changes():
+  # The default list is config.RESUME_SAFE_KEYS, in this package's key names.
   new = {"model": {"hidden_size": 16, "H_cycles": 2}, "lr": 1e-4,
          "eval": {"batch_size": 64, "sets": ["test"]}, "data_path": "data/sudoku",
-         "log_every": 5, "checkpoint_path": "/elsewhere"}
+         "log": {"every_steps": 5}, "checkpoint": {"every_steps": 7}, "num_steps": 99}
   ck.check_resume_compatible(CONFIG, new)
+  with pytest.raises(ck.ResumeConfigError, match="log_every"):  # the original's names are not special
+    ck.check_resume_compatible(CONFIG, {**CONFIG, "log_every": 5})
   ck.check_resume_compatible({"a": (1, 2), "trainer": {"log_every": 1}},
                              {"a": [1, 2], "trainer": {"log_every": 9}},
                              safe_keys=["*.log_every"])

@@ -301,7 +301,8 @@ def test_cli_round_trip_is_bitwise_identical(original_fixture_dir, tmp_path):
   result = _run_cli("to-jax", step, "--output", tmp_path / "model.npz", "--seq-len", 16,
                     "--set", "attention_impl=auto")
   assert result.returncode == 0, result.stderr
-  assert '"hidden_size": 64' in result.stdout and "note: rope_theta is not in" in result.stdout
+  # all_config.yaml lacks rope_theta / rms_norm_eps: the original's code defaults, used without a note.
+  assert '"hidden_size": 64' in result.stdout and "note:" not in result.stdout
 
   model = npz_file.load_npz(tmp_path / "model.npz")
   assert model.model_config == _load(fixture).model_config.replace(attention_impl="auto")
@@ -399,4 +400,76 @@ def test_to_torch_from_an_hrm_jax_run_directory(f32_fixture, tmp_path):
 def test_to_torch_from_a_directory_without_checkpoints_is_a_one_line_error(tmp_path, capsys):
   (tmp_path / "empty").mkdir()
   assert convert_cli.main(["to-torch", str(tmp_path / "empty"), "--output", str(tmp_path / "x")]) == 1
-  assert "no finished hrm_jax checkpoint" in capsys.readouterr().err
+  assert "not an hrm_jax run" in capsys.readouterr().err
+  (tmp_path / "killed" / "checkpoints" / "5.orbax-checkpoint-tmp").mkdir(parents=True)
+  assert convert_cli.main(["to-torch", str(tmp_path / "killed"), "--output", str(tmp_path / "x")]) == 1
+  err = capsys.readouterr().err
+  assert "holds no complete hrm_jax checkpoint (step 5: half-written" in err and err.count("\n") == 1
+
+
+def test_to_jax_without_all_config_yaml_refuses_to_guess_the_architecture(f32_fixture, tmp_path, capsys):
+  step = _copy_checkpoint(f32_fixture, tmp_path / "bare", with_yaml=False)
+  out = tmp_path / "m.npz"
+  code, err = _cli(capsys, "to-jax", step, "--output", out, "--seq-len", 16)
+  assert code == 1 and err.count("\n") == 1 and not out.exists()
+  assert "no all_config.yaml beside it" in err and "num_heads, expansion, H_cycles, L_cycles, halt_max_steps" in err
+  given = ["--set", "num_heads=4", "--set", "expansion=4", "--set", "H_cycles=2", "--set", "L_cycles=2",
+           "--set", "halt_max_steps=4"]
+  code, err = _cli(capsys, "to-jax", step, "--output", out, "--seq-len", 16, *given)
+  assert code == 0, err
+  assert npz_file.load_npz(out).model_config == _load(f32_fixture).model_config
+  code, err = _cli(capsys, "to-jax", step, "--output", out, "--seq-len", 16, "--original-defaults")
+  assert code == 0 and npz_file.load_npz(out).model_config.num_heads == 8  # asked for: the original's default
+
+
+def test_to_torch_writes_an_all_config_yaml_the_original_builds_its_model_from(f32_fixture, tmp_path, capsys):
+  converted = _load(f32_fixture)
+  npz_file.save_npz(tmp_path / "m.npz", converted.params, converted.buffers, converted.puzzle_table,
+                    converted.model_config, converted.loss_type)
+  (tmp_path / "out").mkdir()
+  code, err = _cli(capsys, "to-torch", tmp_path / "m.npz", "--output", tmp_path / "out" / "step_0")
+  assert code == 0, err
+  written = yaml.safe_load((tmp_path / "out" / "all_config.yaml").read_text())
+  arch = written["arch"]
+  assert arch["name"] == tc.ORIGINAL_ARCH_NAME and arch["loss"]["loss_type"] == "stablemax_cross_entropy"
+  assert written["hrm_jax"]["model_config"] == converted.model_config.to_dict()
+  # The original's pretrain.py: arch extras + the dataset's sizes + batch size -> the model config.
+  cfg = converted.model_config
+  model_cfg = {**{k: v for k, v in arch.items() if k not in ("name", "loss")}, "batch_size": 4,
+               "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len,
+               "num_puzzle_identifiers": cfg.num_puzzle_identifiers, "causal": False}
+  assert {k: model_cfg[k] for k in _model_cfg(f32_fixture)} == _model_cfg(f32_fixture)
+  head = hrm_torch.build_loss_head(model_cfg)
+  hrm_torch.load_into_loss_head(head, torch.load(tmp_path / "out" / "step_0", weights_only=True))
+  # ... and converting back needs no flag.
+  code, err = _cli(capsys, "to-jax", tmp_path / "out" / "step_0", "--output", tmp_path / "back.npz")
+  assert code == 0, err
+  assert npz_file.load_npz(tmp_path / "back.npz").model_config == cfg
+  # Another model's all_config.yaml in the output directory is not overwritten.
+  npz_file.save_npz(tmp_path / "other.npz", converted.params, converted.buffers, converted.puzzle_table,
+                    cfg.replace(halt_max_steps=8), converted.loss_type)
+  code, err = _cli(capsys, "to-torch", tmp_path / "other.npz", "--output", tmp_path / "out" / "step_1")
+  assert code == 1 and "already describes another model" in err and not (tmp_path / "out" / "step_1").exists()
+
+
+def test_a_demo_run_round_trips_through_torch_with_identical_predictions_and_no_flags(tmp_path_factory, tmp_path,
+                                                                                        capsys):
+  import demo_run  # pylint: disable=import-outside-toplevel
+  from hrm_jax import evaluate as evaluate_cli  # pylint: disable=import-outside-toplevel
+  workdir, data = demo_run.trained_demo(tmp_path_factory)
+  (tmp_path / "torch").mkdir()
+  step_file = tmp_path / "torch" / "step_500"
+  assert convert_cli.main(["to-torch", str(workdir), "--output", str(step_file)]) == 0
+  assert convert_cli.main(["to-jax", str(step_file), "--output", str(tmp_path / "back.npz")]) == 0
+  assert "note:" not in capsys.readouterr().out  # nothing guessed
+  for name, checkpoint in (("run", workdir), ("npz", tmp_path / "back.npz"), ("torch", step_file)):
+    code = evaluate_cli.main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / name),
+                              "--no-progress", "--batch-size", "256"])
+    assert code == 0, capsys.readouterr().err
+  reference = np.load(tmp_path / "run" / "predictions.npz")
+  for name in ("npz", "torch"):
+    got = np.load(tmp_path / name / "predictions.npz")
+    for key in reference.files:
+      np.testing.assert_array_equal(got[key], reference[key], err_msg=f"{name}: {key}")
+    assert json.loads((tmp_path / name / "report.json").read_text())["model_config"] == \
+        json.loads((tmp_path / "run" / "report.json").read_text())["model_config"]

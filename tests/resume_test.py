@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import random
@@ -503,8 +504,12 @@ def test_init_from_hrm_jax_run_directory(reference, runs, env, data_dir, config,
     assert_bitwise_equal(getattr(started, name), getattr(final, name), name)
   assert int(started.step) == 1  # a new run: step count (and optimiser state) start fresh
 
-  # Resume order: once the run has its own checkpoint, the same command resumes it, not init_from.
+  # Resume order: once the run has its own checkpoint, the same command uses it, not init_from (here the
+  # 1-step run is finished, so it says so); a longer run resumes it.
   run = runs(env, workdir, data_dir, overrides)
+  assert run.wait() == 0, run.output
+  assert "is already finished at step 1" in run.output and "from the weights in" not in run.output
+  run = runs(env, workdir, data_dir, {**overrides, "num_steps": 2})
   assert run.wait() == 0, run.output
   assert "Resuming run" in run.output and "from the weights in" not in run.output
 
@@ -583,11 +588,11 @@ def test_failed_save_keeps_earlier_checkpoints(reference, runs, env, data_dir, c
   workdir = tmp_path / "disk_full"
   run = runs(env, workdir, data_dir, TINY, script)
   assert run.wait() == 1, run.output
-  assert (f"error: saving checkpoint step 3 to {workdir / 'checkpoints'} failed: OSError: [Errno 28] No space "
-          "left on device. Earlier checkpoints are intact (the latest good step is 2; steps on disk: [1, 2])"
-          ) in run.output
+  assert (f"error: saving checkpoint step 3 to {workdir / 'checkpoints'} failed: no space left on device. "
+          "Earlier checkpoints are intact (the latest good step is 2; steps on disk: [1, 2])") in run.output
   assert "rerun the same command to resume" in run.output
-  # Orbax logs its own traceback of the failed commit; the run's last word is the one-line error.
+  # Orbax's traceback of the failed commit is in run.log; the console holds the one-line error.
+  assert "Traceback" not in run.output and "Traceback" in (workdir / "run.log").read_text()
   assert run.output.rstrip().splitlines()[-1].startswith("error: saving checkpoint step 3 ")
   status = json.loads((workdir / "status.json").read_text())
   assert status["state"] == "failed" and "Earlier checkpoints are intact" in status["message"]
@@ -625,3 +630,126 @@ def test_early_stop_after_kill_stops_where_uninterrupted_run_stops(reference, ru
   assert {r["exact_accuracy"] for r in reporting.read_jsonl(workdir / "metrics.jsonl")
           if r["split"] == "eval"} == {0.0}
   assert_same_run_state(workdir, reference, config, step=8)
+
+
+# ==========================================================================================================
+# 7. One live run owns a workdir
+# ==========================================================================================================
+def test_second_run_on_a_live_workdir_refuses_and_the_first_ends_equal_to_a_lone_run(reference, runs, env,
+                                                                                    data_dir, config, tmp_path):
+  workdir = tmp_path / "shared"
+  first = runs(env, workdir, data_dir, TINY)
+  owner_file = workdir / ".lock.owner.json"
+  owner = first.wait_until(lambda: owner_file.exists() and json.loads(owner_file.read_text()).get("run_id")
+                           and json.loads(owner_file.read_text()), "the first run to own the workdir")
+  second = runs(env, workdir, data_dir, TINY)
+  assert second.wait(60) == 1, second.output
+  assert first.alive(), "the second run must not have disturbed the first"
+  (line,) = [l for l in second.output.splitlines() if l.startswith("error:")]
+  assert f"is in use by run {owner['run_id']}, pid {first.proc.pid}" in line, line
+  assert "Traceback" not in second.output
+  assert first.wait() == 0, first.output
+  assert_same_run_state(workdir, reference, config)
+  assert_losses_match_reference(workdir, reference)  # metrics.jsonl holds the first run's lines only
+
+
+# ==========================================================================================================
+# 8. Unreadable metadata counts as a corrupt step; with no usable step the run refuses
+# ==========================================================================================================
+def _tree_snapshot(directory: pathlib.Path) -> dict[str, tuple[float, bytes]]:
+  return {str(p): (p.stat().st_mtime, p.read_bytes()) for p in directory.rglob("*") if p.is_file()}
+
+
+def test_unreadable_metadata_in_every_step_is_refused_and_nothing_is_overwritten(reference, runs, env,
+                                                                                 data_dir, tmp_path):
+  workdir = tmp_path / "bad_metadata"
+  shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
+  for step in committed_steps(workdir):
+    (workdir / "checkpoints" / str(step) / "metadata" / "metadata").write_bytes(b"\x80\x81 not json")
+  before = _tree_snapshot(workdir / "checkpoints")
+  run = runs(env, workdir, data_dir, TINY)
+  assert run.wait() == 1, run.output
+  (line,) = [l for l in run.output.splitlines() if l.startswith("error:")]
+  assert line.startswith(f"error: no usable checkpoint in {workdir / 'checkpoints'}: step 1: ")
+  for step in range(1, TOTAL_STEPS + 1):
+    assert f"step {step}: {workdir / 'checkpoints' / str(step) / 'metadata' / 'metadata'} is unreadable" in line
+  assert "Nothing was changed" in line and "Traceback" not in run.output
+  assert _tree_snapshot(workdir / "checkpoints") == before
+  assert not (workdir / "metrics.jsonl").exists()  # never started training from scratch
+
+
+# ==========================================================================================================
+# 9. NaN/Inf: stop with the last finite checkpoint; the printed recovery trains past the divergence
+# ==========================================================================================================
+def test_nan_recovery_advice_followed_trains_past_the_divergence(reference, runs, env, data_dir, config,
+                                                                 tmp_path):
+  workdir = tmp_path / "diverged"
+  shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
+  for step in range(7, TOTAL_STEPS + 1):
+    shutil.rmtree(workdir / "checkpoints" / str(step))
+  # lr 1e30 from step 6 on: step 7's update blows the weights up (their float32 norm is inf) while step 7's
+  # loss, computed before the update, is still finite. Changing lr needs the recovery flag.
+  refused = runs(env, workdir, data_dir, {**TINY, "optimizer.lr": 1e30})
+  assert refused.wait() == 1 and "add --config.recover_from_nan=true" in refused.output, refused.output
+  blow_up = runs(env, workdir, data_dir, {**TINY, "optimizer.lr": 1e30, "recover_from_nan": True})
+  assert blow_up.wait() == 1, blow_up.output
+  (line,) = [l for l in blow_up.output.splitlines() if l.startswith("error:")]
+  assert "the run diverged at step 7 (weights' global norm=inf)" in line, line
+  assert "the last finite checkpoint is step 6" in line and "it resumes step 6" in line
+  assert committed_steps(workdir) == list(range(1, 7))  # nothing saved after the divergence
+  assert_same_run_state(workdir, reference, config, step=6)
+
+  # The advice: the same command with --config.recover_from_nan=true and a lower --config.optimizer.lr.
+  advice = line.split("Recover: rerun the same command with ")[1]
+  assert advice.startswith("--config.recover_from_nan=true and a lower --config.optimizer.lr (now 1e+30)")
+  # Checkpoint 6 was saved with lr 1e-3: the lower lr is its own; the clipping is new (and changes the
+  # optimiser state's tree, which the recovery adapts).
+  fixed = {**TINY, "optimizer.lr": 1e-3, "optimizer.grad_clip_norm": 1.0}
+  recovered = runs(env, workdir, data_dir, {**fixed, "recover_from_nan": True})
+  assert recovered.wait() == 0, recovered.output
+  assert "Recovering run" in recovered.output and "optimizer.grad_clip_norm 0.0 -> 1.0" in recovered.output
+  assert committed_steps(workdir) == list(range(1, TOTAL_STEPS + 1))
+  assert all(math.isfinite(loss) for _, loss in train_losses(workdir))
+  final = restore(workdir, load_config(data_dir, fixed), TOTAL_STEPS)
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(final.state.params))
+  assert final.metadata["recoveries"] == [{"from_step": 6, "changed": {"optimizer.grad_clip_norm": [0.0, 1.0]}}]
+  # Once recovered, the plain command (the new settings, no flag) is this run's command.
+  again = runs(env, workdir, data_dir, fixed)
+  assert again.wait() == 0 and "already finished at step 12" in again.output, again.output
+
+
+# ==========================================================================================================
+# 10. A full disk during a save (a real tmpfs where this process may mount one)
+# ==========================================================================================================
+@pytest.fixture
+def small_tmpfs(tmp_path, reference):
+  """A tmpfs with room for about three of the reference's checkpoints (4 KiB pages per file)."""
+  step_kib = sum(-(-p.stat().st_size // 4096) * 4 for p in (reference / "checkpoints" / "1").rglob("*")
+                 if p.is_file())
+  mount_point = tmp_path / "tmpfs"
+  mount_point.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(3.5 * step_kib) + 64}k", "tmpfs",
+                     str(mount_point)], capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here (needs root in a container); the stubbed-rename test covers it")
+  yield mount_point
+  subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_full_tmpfs_during_a_save_keeps_earlier_checkpoints(reference, runs, env, data_dir, config,
+                                                            small_tmpfs):
+  workdir = small_tmpfs / "run"
+  run = runs(env, workdir, data_dir, TINY)
+  assert run.wait() == 1, run.output
+  saved = committed_steps(workdir)
+  assert 1 <= len(saved) < TOTAL_STEPS, (saved, run.output)
+  errors = [l for l in run.output.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "failed: no space left on device" in errors[0], run.output
+  assert "Earlier checkpoints are intact" in errors[0]
+  assert "Traceback" not in run.output  # Orbax's tracebacks went to run.log
+  for step in saved:
+    assert_same_run_state(workdir, reference, config, step)
+  # With room again, the same command resumes and ends as the uninterrupted run.
+  subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+  run = runs(env, workdir, data_dir, TINY)
+  assert run.wait() == 0, run.output
+  assert_same_run_state(workdir, reference, config)

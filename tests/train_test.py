@@ -19,7 +19,7 @@ from hrm_jax.data import pipeline
 from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import IGNORE_LABEL_ID, LossConfig
-from hrm_jax.training import evaluate as eval_lib
+from hrm_jax.evaluation import evaluate as eval_lib
 from hrm_jax.training import optim
 from hrm_jax.training.segment import segment_value_and_grad
 from hrm_jax.training.train_step import StepConfig, TrainState, create_train_state, make_train_step

@@ -2,12 +2,14 @@ r"""Convert HRM checkpoints between the original PyTorch format and hrm_jax.
 
   # original step_N (+ all_config.yaml beside it) -> hrm_jax .npz
   python -m hrm_jax.convert to-jax checkpoints/run/step_52080 --output hrm.npz --seq-len 81
-  # hrm_jax .npz -> a state_dict the original loads with strict=True
-  python -m hrm_jax.convert to-torch hrm.npz --output step_52080
+  # hrm_jax .npz or run workdir -> a state_dict the original loads with strict=True, + all_config.yaml beside it
+  python -m hrm_jax.convert to-torch workdirs/demo --output export/step_2000
 
-`--seq-len` is needed for RoPE checkpoints (it comes from the dataset); `--set key=value` overrides config
-fields that shapes and all_config.yaml cannot tell (num_heads, expansion, H_cycles, L_cycles, halt_max_steps,
-...), or sets hrm_jax-only fields such as attention_impl. Exit status: 0 on success, 1 when the conversion
+to-torch writes all_config.yaml in the original's layout next to the state_dict, with an `hrm_jax` block that
+holds the whole model config, so to-jax of that file needs no flags. For an original checkpoint without an
+all_config.yaml, `--seq-len` gives the dataset's sequence length (RoPE models) and `--set key=value` the fields
+its tensors cannot tell (num_heads, expansion, H_cycles, L_cycles, halt_max_steps); to-jax refuses to guess
+them unless --original-defaults is given. `--set` also sets hrm_jax-only fields such as attention_impl. Exit status: 0 on success, 1 when the conversion
 fails (one-line message), 2 for a malformed command line.
 """
 
@@ -21,6 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from hrm_jax.convert import model_file
 from hrm_jax.convert import npz_file
 from hrm_jax.convert import torch_checkpoint
 
@@ -38,7 +41,8 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
 def to_jax(args: argparse.Namespace) -> None:
   overrides = _parse_sets(args.set)
   converted = torch_checkpoint.load_original_checkpoint(args.checkpoint, overrides=overrides or None,
-                                                        seq_len=args.seq_len)
+                                                        seq_len=args.seq_len,
+                                                        require_config=not args.original_defaults)
   out = npz_file.save_npz(args.output, converted.params, converted.buffers, converted.puzzle_table,
                           converted.model_config, converted.loss_type)
   print(f"read {args.checkpoint} (key prefix {converted.prefix!r}, loss_type {converted.loss_type})")
@@ -48,56 +52,24 @@ def to_jax(args: argparse.Namespace) -> None:
   print(f"wrote {out}")
 
 
-def _load_run(path: pathlib.Path) -> npz_file.NpzCheckpoint:
-  """Weights of the newest good checkpoint of an hrm_jax run (its workdir or its checkpoints/ directory)."""
-  from hrm_jax.model.config import ModelConfig  # pylint: disable=g-import-not-at-top
-  from hrm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
-  from hrm_jax.training import ema  # pylint: disable=g-import-not-at-top
-  directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-  reader = checkpoint.Checkpointer(directory, async_save=False)
-  try:
-    step = reader.latest_good_step()
-    if step is None:
-      raise torch_checkpoint.CheckpointConversionError(
-          f"{path} holds no finished hrm_jax checkpoint; pass a run's workdir or its checkpoints/ directory.")
-    weights = ema.restore_eval_weights(reader, step)  # the EMA shadow when the run had EMA on
-    saved = reader.saved_config(step)
-  finally:
-    reader.close()
-  dataset = saved.get("dataset") or {}
-  missing = [k for k in ("vocab_size", "seq_len", "num_puzzle_identifiers") if k not in dataset]
-  if missing:
-    raise torch_checkpoint.CheckpointConversionError(
-        f"the run's saved config lacks dataset fields {missing}; it was written by an older hrm_jax.")
-  cfg = ModelConfig.from_dict({**saved["model"], **{k: dataset[k] for k in
-                                                    ("vocab_size", "seq_len", "num_puzzle_identifiers")}})
-  print(f"read step {step} of {directory}")
-  return npz_file.NpzCheckpoint(params=weights["params"], buffers=weights["buffers"],
-                                puzzle_table=weights["puzzle_table"], model_config=cfg,
-                                loss_type=(saved.get("loss") or {}).get("loss_type"))
-
-
 def to_torch(args: argparse.Namespace) -> None:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError("Writing a torch checkpoint needs PyTorch: pip install torch (the CPU build is enough).") \
         from e
-  model = _load_run(pathlib.Path(args.input)) if pathlib.Path(args.input).is_dir() else npz_file.load_npz(args.input)
+  model = model_file.load_model(args.input, step=args.step)
   cfg = model.model_config
-  try:
-    state = torch_checkpoint.to_state_dict(model.params, model.buffers, model.puzzle_table, cfg, prefix="")
-  except KeyError as e:
-    raise torch_checkpoint.CheckpointConversionError(
-        f"{args.input} lacks the parameter {e} that its model config needs") from e
-  torch_checkpoint.validate_keys(state, cfg)
+  print(f"read {model.source}")
+  state = torch_checkpoint.to_state_dict(model.params, model.buffers, model.puzzle_table, cfg, prefix="")
   output = pathlib.Path(args.output)
   if not output.parent.is_dir():
     raise FileNotFoundError(f"Output directory {output.parent} does not exist; create it first.")
+  config_path = torch_checkpoint.write_all_config(output.parent, cfg, model.loss_type, model.run_config)
   tensors = torch_checkpoint.numpy_to_torch({args.prefix + k: v for k, v in state.items()})
   torch.save(tensors, output)
   print("model config: " + json.dumps(cfg.to_dict()))
-  print(f"wrote {output} ({len(tensors)} tensors, keys '{args.prefix}*')")
+  print(f"wrote {output} ({len(tensors)} tensors, keys '{args.prefix}*') and {config_path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,10 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="sequence length of the dataset (required for RoPE checkpoints)")
   jax_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a model config field; repeatable")
+  jax_cmd.add_argument("--original-defaults", action="store_true",
+                       help="without an all_config.yaml, assume the original's default num_heads, expansion, "
+                            "H_cycles, L_cycles and halt_max_steps instead of refusing")
   jax_cmd.set_defaults(run=to_jax)
   torch_cmd = commands.add_parser("to-torch", help="hrm_jax .npz or run directory -> state_dict for the original")
   torch_cmd.add_argument("input", help=".npz written by to-jax (or npz_file.save_npz), or an hrm_jax run's workdir "
-                                       "(its newest good checkpoint is converted)")
+                                       "(its best, else newest, complete checkpoint is converted)")
+  torch_cmd.add_argument("--step", type=int, default=None, help="which checkpoint of a run directory")
   torch_cmd.add_argument("--output", required=True, help="file to torch.save the state_dict to, e.g. step_0")
   torch_cmd.add_argument("--prefix", default=torch_checkpoint.DEFAULT_PREFIX,
                          choices=torch_checkpoint.KNOWN_PREFIXES,

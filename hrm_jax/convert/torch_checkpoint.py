@@ -24,6 +24,21 @@ DEFAULT_PREFIX = KNOWN_PREFIXES[0]
 # Defaults of the original's config/arch/hrm_v1.yaml, used for what shapes cannot tell.
 ARCH_DEFAULTS = {"num_heads": 8, "expansion": 4.0, "H_cycles": 2, "L_cycles": 2, "halt_max_steps": 16,
                  "halt_exploration_prob": 0.1, "rope_theta": 10000.0, "rms_norm_eps": 1e-5}
+# What shapes cannot tell and a missing all_config.yaml leaves to guesswork (the architecture and its ACT loop).
+UNINFERABLE_KEYS = ("num_heads", "expansion", "H_cycles", "L_cycles", "halt_max_steps")
+ORIGINAL_ARCH_NAME = "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"
+ORIGINAL_LOSS_NAME = "losses@ACTLossHead"
+ALL_CONFIG_FORMAT = "hrm_jax.all_config/1"
+# The `arch` block of an all_config.yaml written by hrm_jax: the original's keys, in its layout.
+_ARCH_KEYS = ("H_cycles", "H_layers", "L_cycles", "L_layers", "expansion", "forward_dtype", "halt_exploration_prob",
+              "halt_max_steps", "hidden_size", "num_heads", "pos_encodings", "puzzle_emb_ndim", "rms_norm_eps",
+              "rope_theta")
+# Run-config fields that have a counterpart at the top level of the original's all_config.yaml.
+_RUN_KEYS = {"data_path": "data_dir", "global_batch_size": "global_batch_size", "epochs": "epochs",
+             "lr": "optimizer.lr", "lr_min_ratio": "optimizer.lr_min_ratio",
+             "lr_warmup_steps": "optimizer.warmup_steps", "weight_decay": "optimizer.weight_decay",
+             "beta1": "optimizer.beta1", "beta2": "optimizer.beta2", "puzzle_emb_lr": "optimizer.puzzle_emb_lr",
+             "puzzle_emb_weight_decay": "optimizer.puzzle_emb_weight_decay", "seed": "seed"}
 _LAYER_KEY = re.compile(r"^(H|L)_level\.layers\.(\d+)\.(self_attn\.qkv_proj|self_attn\.o_proj|"
                         r"mlp\.gate_up_proj|mlp\.down_proj)\.weight$")
 
@@ -97,14 +112,76 @@ def strip_prefix(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray]
       f"(e.g. '{DEFAULT_PREFIX}embed_tokens.embedding_weight'); got {sorted(state)[:8]}...")
 
 
+def all_config_for(cfg: ModelConfig, loss_type: str | None = None,
+                   run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """An all_config.yaml in the original's layout, plus an `hrm_jax` block with the complete model config.
+
+  The original reads `arch` (its model and loss) and the top-level training fields, and ignores the
+  `hrm_jax` block; hrm_jax reads the block back, so sizes that come from the dataset (vocab_size, seq_len,
+  num_puzzle_identifiers) travel with the weights.
+  """
+  arch: dict[str, Any] = {"name": ORIGINAL_ARCH_NAME,
+                          "loss": {"name": ORIGINAL_LOSS_NAME, "loss_type": loss_type or "stablemax_cross_entropy"}}
+  arch.update({k: getattr(cfg, k) for k in _ARCH_KEYS})
+  if cfg.arch == "trm":
+    from hrm_jax.convert import trm_checkpoint  # pylint: disable=import-outside-toplevel
+    arch.update(trm_checkpoint.arch_block(cfg))
+  out: dict[str, Any] = {"arch": arch}
+  for key, dotted in _RUN_KEYS.items():
+    node: Any = run_config or {}
+    for part in dotted.split("."):
+      node = node.get(part) if isinstance(node, Mapping) else None
+    if node is not None:
+      out[key] = node
+  out["hrm_jax"] = {"format": ALL_CONFIG_FORMAT, "model_config": cfg.to_dict()}
+  return out
+
+
+def write_all_config(directory: str | pathlib.Path, cfg: ModelConfig, loss_type: str | None = None,
+                     run_config: Mapping[str, Any] | None = None) -> pathlib.Path:
+  """Writes `directory/all_config.yaml`; refuses to replace one that describes another model."""
+  path = pathlib.Path(directory) / "all_config.yaml"
+  content = all_config_for(cfg, loss_type, run_config)
+  if path.is_file():
+    existing = load_all_config(path) or {}
+    theirs = (existing.get("hrm_jax") or {}).get("model_config") or existing.get("arch")
+    ours = content["hrm_jax"]["model_config"] if "hrm_jax" in existing else content["arch"]
+    if theirs != ours:
+      raise CheckpointConversionError(
+          f"{path} already describes another model; write the converted checkpoint into its own directory "
+          "(the original expects one all_config.yaml per checkpoint directory).")
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(yaml.safe_dump(content, sort_keys=False))
+  tmp.replace(path)
+  return path
+
+
+def hrm_jax_model_config(all_config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+  """The complete model config an hrm_jax-written all_config.yaml carries, or None."""
+  block = (all_config or {}).get("hrm_jax") or {}
+  if not block:
+    return None
+  if block.get("format") != ALL_CONFIG_FORMAT or not isinstance(block.get("model_config"), Mapping):
+    raise CheckpointConversionError(f"all_config.yaml's hrm_jax block has format {block.get('format')!r}, "
+                                    f"expected {ALL_CONFIG_FORMAT!r} with a model_config mapping.")
+  return dict(block["model_config"])
+
+
 def load_all_config(path: str | pathlib.Path) -> dict[str, Any] | None:
   """The original's all_config.yaml (beside a checkpoint file, or the file itself), or None."""
   path = pathlib.Path(path)
   candidate = path if path.suffix in (".yaml", ".yml") else path.parent / "all_config.yaml"
   if not candidate.is_file():
     return None
-  with open(candidate) as f:
-    return yaml.safe_load(f)
+  try:
+    with open(candidate) as f:
+      loaded = yaml.safe_load(f)
+  except yaml.YAMLError as e:
+    raise CheckpointConversionError(f"{candidate} is not valid YAML ({' '.join(str(e).split())}); "
+                                    "restore it from the run, or remove it and give the config with --set.") from e
+  if loaded is not None and not isinstance(loaded, Mapping):
+    raise CheckpointConversionError(f"{candidate} holds a {type(loaded).__name__}, not a mapping of config keys.")
+  return loaded
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,10 +221,25 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
   mlp_key = "H_level.layers.0.mlp.gate_up_proj.weight"
   mlp_width = state[mlp_key].shape[0] // 2 if mlp_key in state else None
 
+  block = hrm_jax_model_config(all_config)
   arch = dict((all_config or {}).get("arch") or {})
-  disagreements = resolve_arch_fields(
-      fields, arch, overrides, ARCH_DEFAULTS, notes,
-      ("hidden_size", "H_layers", "L_layers", "puzzle_emb_ndim", "pos_encodings", "forward_dtype"))
+  if block:
+    arch.update({k: v for k, v in block.items() if k in ARCH_DEFAULTS})
+  disagreements = []
+  for key in ("hidden_size", "H_layers", "L_layers", "puzzle_emb_ndim", "pos_encodings", "forward_dtype"):
+    if key in arch and str(arch[key]) != str(fields[key]):
+      disagreements.append(f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}")
+  for key, default in ARCH_DEFAULTS.items():
+    if overrides and key in overrides:
+      fields[key] = overrides[key]
+    elif key in arch:
+      fields[key] = arch[key]
+    else:
+      fields[key] = default
+      if all_config is not None and key not in UNINFERABLE_KEYS:
+        continue  # the original's own code default (its config class), which its all_config.yaml leaves out
+      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
+                   f"default {default!r} (override it if the run used another value)")
   if mlp_width is not None:
     implied = ModelConfig(vocab_size=1, seq_len=1, hidden_size=int(hidden), num_heads=1,
                           expansion=float(fields["expansion"]), pos_encodings="learned").mlp_width
@@ -156,35 +248,23 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
                            f"gate_up_proj has width {mlp_width}")
   if hidden % int(fields["num_heads"]):
     disagreements.append(f"num_heads={fields['num_heads']} does not divide hidden_size={hidden}")
-  if disagreements:
-    raise CheckpointConversionError("The checkpoint disagrees with its config:\n  " + "\n  ".join(disagreements))
-  return fields, notes
-
-
-def resolve_arch_fields(fields: dict[str, Any], arch: Mapping[str, Any], overrides: Mapping[str, Any] | None,
-                        defaults: Mapping[str, Any], notes: list[str], shape_keys: tuple[str, ...]) -> list[str]:
-  """Completes `fields` (from shapes) with what shapes cannot tell; returns the disagreements found.
-
-  The yaml's `shape_keys` must agree with the tensors; each of `defaults` comes from `overrides`, else the
-  yaml, else the original's default (with a note); any other override must agree with the shapes or is added.
-  """
-  disagreements = [f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}"
-                   for key in shape_keys if key in arch and str(arch[key]) != str(fields[key])]
-  for key, default in defaults.items():
-    if overrides and key in overrides:
-      fields[key] = overrides[key]
-    elif key in arch:
-      fields[key] = arch[key]
-    else:
-      fields[key] = default
-      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
-                   f"default {default!r} (override it if the run used another value)")
+  if block:
+    if fields["puzzle_emb_ndim"] == 0 and "num_puzzle_identifiers" in block:
+      fields["num_puzzle_identifiers"] = block["num_puzzle_identifiers"]  # no table: only the config knows
+    for key, value in block.items():
+      if key in ARCH_DEFAULTS or (overrides and key in overrides):
+        continue
+      if key in fields and str(fields[key]) != str(value):
+        disagreements.append(f"{key}: all_config.yaml's hrm_jax block says {value!r}, the tensors say {fields[key]!r}")
+      fields.setdefault(key, value)
   for key, value in (overrides or {}).items():
-    if key not in defaults:
+    if key not in ARCH_DEFAULTS:
       if key in fields and str(fields[key]) != str(value):
         disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
       fields.setdefault(key, value)
-  return disagreements
+  if disagreements:
+    raise CheckpointConversionError("The checkpoint disagrees with its config:\n  " + "\n  ".join(disagreements))
+  return fields, notes
 
 
 def loss_type_from_all_config(all_config: Mapping[str, Any] | None) -> str | None:
@@ -228,7 +308,7 @@ def hrm_expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _param_path(key: str) -> tuple[tuple[str, ...], bool] | None:
-  """Flax param path of an original HRM key and whether the weight is transposed; None for non-params."""
+  """Flax param path of an original key and whether the weight is transposed; None for non-params."""
   simple = {"embed_tokens.embedding_weight": (("embed_tokens", "embedding"), False),
             "embed_pos.embedding_weight": (("embed_pos", "embedding"), False),
             "lm_head.weight": (("lm_head", "kernel"), True),
@@ -328,11 +408,22 @@ def to_torch_state_dict(params, buffers, puzzle_table, cfg: ModelConfig, prefix:
 
 
 def load_original_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str, Any] | None = None,
-                             seq_len: int | None = None) -> ConvertedCheckpoint:
-  """Loads an original checkpoint file (+ its all_config.yaml when beside it) into hrm_jax pytrees."""
+                             seq_len: int | None = None, require_config: bool = False) -> ConvertedCheckpoint:
+  """Loads an original checkpoint file (+ its all_config.yaml when beside it) into hrm_jax pytrees.
+
+  require_config=True refuses a file without an all_config.yaml unless `overrides` give every field that
+  the tensors cannot tell (UNINFERABLE_KEYS), instead of falling back to the original's defaults.
+  """
   raw = load_state_dict(path)
   state, prefix = strip_prefix(raw)
   all_config = load_all_config(path)
+  if require_config and all_config is None:
+    unknown = [k for k in UNINFERABLE_KEYS if k not in (overrides or {})]
+    if unknown:
+      raise CheckpointConversionError(
+          f"{path} has no all_config.yaml beside it, and its tensors cannot tell {', '.join(unknown)}. Copy "
+          "the run's all_config.yaml next to it, or give them: " + " ".join(f"--set {k}=..." for k in unknown)
+          + " (or --original-defaults to assume the original's config/arch/hrm_v1.yaml values).")
   from hrm_jax.convert import trm_checkpoint  # pylint: disable=import-outside-toplevel
   infer = trm_checkpoint.infer_model_config if trm_checkpoint.is_trm(state, all_config) else infer_model_config
   fields, notes = infer(state, all_config, overrides)
@@ -344,8 +435,9 @@ def load_original_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str
           "seq_len cannot be inferred from a RoPE checkpoint; pass seq_len (it comes from the dataset).")
     fields["seq_len"] = seq_len
   elif seq_len is not None and seq_len != fields["seq_len"]:
-    raise CheckpointConversionError(
-        f"seq_len={seq_len} requested, but the learned position table fits seq_len={fields['seq_len']}")
+    where = "the learned position table fits" if "embed_pos.embedding_weight" in state else \
+        "all_config.yaml's hrm_jax block says the model was trained with"
+    raise CheckpointConversionError(f"seq_len={seq_len} requested, but {where} seq_len={fields['seq_len']}")
   cfg = ModelConfig.from_dict(fields)
   params, buffers, table = from_state_dict(state, cfg)
   return ConvertedCheckpoint(params=params, buffers=buffers, puzzle_table=table, model_config=cfg,

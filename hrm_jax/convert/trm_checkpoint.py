@@ -28,8 +28,20 @@ _DTYPES = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float32): "floa
            np.dtype(np.float64): "float64"}
 
 
+ORIGINAL_ARCH_NAME = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+
+
+def arch_block(cfg: TRMConfig) -> dict[str, Any]:
+  """What a TRM adds to (or changes in) the `arch` block of an all_config.yaml that hrm_jax writes."""
+  return {"name": ORIGINAL_ARCH_NAME, "mlp_t": cfg.mlp_t, "puzzle_emb_len": cfg.puzzle_emb_len,
+          "no_ACT_continue": cfg.no_ACT_continue}
+
+
 def is_trm(state: Mapping[str, np.ndarray], all_config: Mapping[str, Any] | None) -> bool:
   """A TRM checkpoint: all_config.yaml names the trm arch, or there is an L_level but no H_level."""
+  block = torch_checkpoint.hrm_jax_model_config(all_config)
+  if block:
+    return block.get("arch") == "trm"
   name = str(((all_config or {}).get("arch") or {}).get("name", ""))
   if name:
     return ".trm@" in name or name.startswith("trm")
@@ -62,6 +74,10 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
     fields.update(num_puzzle_identifiers=1, puzzle_emb_ndim=0)
 
   arch = dict((all_config or {}).get("arch") or {})
+  block = torch_checkpoint.hrm_jax_model_config(all_config) or {}  # written by hrm_jax: the whole config
+  arch.update({k: v for k, v in block.items() if k in ARCH_DEFAULTS or k in ("puzzle_emb_len", "pos_encodings")})
+  if fields["puzzle_emb_ndim"] == 0 and "num_puzzle_identifiers" in block:
+    fields["num_puzzle_identifiers"] = block["num_puzzle_identifiers"]  # no table: only the config knows
   total_len = None
   if "embed_pos.embedding_weight" in state:
     fields["pos_encodings"] = "learned"
@@ -92,8 +108,10 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
     fields["puzzle_emb_len"] = -(fields["puzzle_emb_ndim"] // -int(hidden))
   if total_len is not None:
     fields["seq_len"] = total_len - fields["puzzle_emb_len"]
+  elif "seq_len" in block:
+    fields["seq_len"] = int(block["seq_len"])
 
-  disagreements += torch_checkpoint.resolve_arch_fields(
+  disagreements += resolve_arch_fields(
       fields, arch, {k: v for k, v in (overrides or {}).items() if k != "puzzle_emb_len"}, ARCH_DEFAULTS, notes,
       ("hidden_size", "L_layers", "puzzle_emb_ndim", "forward_dtype", "mlp_t"))
   if "pos_encodings" in arch and (arch["pos_encodings"] == "learned") != (fields["pos_encodings"] == "learned"):
@@ -139,3 +157,29 @@ def param_path(key: str) -> tuple[tuple[str, ...], bool] | None:
     index, sub, name = match.groups()
     return ("L_level", f"layers_{index}", sub, name, "kernel"), True
   return torch_checkpoint._param_path(key)  # pylint: disable=protected-access
+
+
+def resolve_arch_fields(fields: dict[str, Any], arch: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+                        defaults: Mapping[str, Any], notes: list[str], shape_keys: tuple[str, ...]) -> list[str]:
+  """Completes `fields` (from shapes) with what shapes cannot tell; returns the disagreements found.
+
+  The yaml's `shape_keys` must agree with the tensors; each of `defaults` comes from `overrides`, else the
+  yaml, else the original's default (with a note); any other override must agree with the shapes or is added.
+  """
+  disagreements = [f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}"
+                   for key in shape_keys if key in arch and str(arch[key]) != str(fields[key])]
+  for key, default in defaults.items():
+    if overrides and key in overrides:
+      fields[key] = overrides[key]
+    elif key in arch:
+      fields[key] = arch[key]
+    else:
+      fields[key] = default
+      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
+                   f"default {default!r} (override it if the run used another value)")
+  for key, value in (overrides or {}).items():
+    if key not in defaults:
+      if key in fields and str(fields[key]) != str(value):
+        disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
+      fields.setdefault(key, value)
+  return disagreements

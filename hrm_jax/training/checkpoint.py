@@ -20,27 +20,28 @@ array and compares the fingerprint; a step that fails is reported, moved to
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime
-import fnmatch
-import hashlib
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
-import re
+import shutil
 import time
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from etils import epath
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from hrm_jax.training.checkpoint_verify import (  # pylint: disable=unused-import  # some re-exported
+    CheckpointError, CheckpointMismatchError, _decode_data_state, _encode_data_state, _fingerprint,
+    _is_out_of_memory, _leaf_specs, _library_versions, _metric_value, _with_default_sharding, compare_specs,
+    summarize_error)
+from hrm_jax.training.resume_check import (  # pylint: disable=unused-import  # re-exported
+    ResumeConfigError, _to_json, check_resume_compatible, config_hash)
 
 _log = logging.getLogger(__name__)
 
@@ -52,29 +53,6 @@ _CORRUPT_SUBDIR = "corrupt"
 # File name Orbax's JsonSave uses inside each JSON item directory.
 _JSON_FILE = "metadata"
 
-# Config keys that may differ between the saved run and the resuming command
-# without changing the training trajectory. A safe key matches itself and every
-# key below it ("eval" covers "eval.batch_size") and may use fnmatch wildcards
-# ("*.log_every" matches that leaf at any depth). Deliberately NOT safe: data
-# paths, seeds, batch sizes, model/optimiser fields, and the run length (`epochs`,
-# `num_steps`, `total_steps`): the HRM learning-rate schedule is a function of the
-# total step count, so changing it changes every later update.
-DEFAULT_SAFE_KEYS: tuple[str, ...] = (
-    "eval", "eval_interval", "eval_every", "eval_every_steps", "eval_save_outputs",
-    "log", "logging", "log_every", "log_every_steps", "wandb", "tensorboard",
-    "project_name", "run_name", "checkpoint", "checkpoint_path",
-    "checkpoint_every", "checkpoint_every_eval", "checkpoint_every_steps",
-    "save_every", "save_every_steps", "max_to_keep", "workdir", "profile",
-    "debug",
-)
-
-_VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
-                       "grain", "numpy")
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint could not be saved or restored; the message names the fix."""
-
 
 class CheckpointSaveError(CheckpointError):
   """A save failed; earlier checkpoints are untouched."""
@@ -82,18 +60,6 @@ class CheckpointSaveError(CheckpointError):
 
 class CheckpointCorruptError(CheckpointError):
   """No requested step could be read back intact."""
-
-
-class CheckpointMismatchError(CheckpointError):
-  """The abstract state does not match the saved state (shapes, dtypes, leaves)."""
-
-
-class ResumeConfigError(ValueError):
-  """The resuming config differs from the checkpoint's in keys that are not safe."""
-
-  def __init__(self, message: str, keys: Sequence[str]):
-    super().__init__(message)
-    self.keys = list(keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,216 +72,12 @@ class Restored:
   metadata: dict
 
 
-# ----------------------------------------------------------------------------
-# JSON helpers, config hash and resume compatibility.
-# ----------------------------------------------------------------------------
-
-
-def _json_default(obj: Any) -> Any:
-  if isinstance(obj, (np.generic, jax.Array)) and np.ndim(obj) == 0:
-    return np.asarray(obj).item()
-  if isinstance(obj, (np.ndarray, jax.Array)):
-    return np.asarray(obj).tolist()
-  if hasattr(obj, "to_dict"):  # ml_collections.ConfigDict and friends.
-    return obj.to_dict()
-  if isinstance(obj, (set, frozenset)):
-    return sorted(obj)
-  raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _to_json(obj: Any, what: str) -> Any:
-  """Returns `obj` as it will read back from JSON (tuples become lists, ...)."""
-  if hasattr(obj, "to_dict"):
-    obj = obj.to_dict()
-  try:
-    return json.loads(json.dumps(obj, default=_json_default))
-  except (TypeError, ValueError) as e:
-    raise TypeError(
-        f"checkpoint {what} must be JSON-serialisable (dicts, lists, str, numbers,"
-        f" numpy scalars): {e}. Convert it to plain Python types before saving."
-    ) from e
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-  """Returns a 16-hex-digit SHA-256 of the config's canonical JSON form."""
-  canonical = json.dumps(_to_json(config, "config"), sort_keys=True,
-                         separators=(",", ":"))
-  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, Mapping) and tree:
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
-  return {prefix[:-1]: tree}
-
-
-def _is_safe(key: str, safe_keys: Iterable[str]) -> bool:
-  for safe in safe_keys:
-    if key == safe or key.startswith(safe + "."):
-      return True
-    if fnmatch.fnmatchcase(key, safe) or fnmatch.fnmatchcase(key, safe + ".*"):
-      return True
-  return False
-
-
-def check_resume_compatible(saved_config: Mapping[str, Any],
-                            new_config: Mapping[str, Any],
-                            safe_keys: Iterable[str] = DEFAULT_SAFE_KEYS) -> None:
-  """Raises ResumeConfigError naming every differing key that is not safe.
-
-  Nested keys are compared leaf by leaf under dotted names ("model.hidden_size");
-  both configs are compared in their JSON form, so a tuple equals a list.
-  """
-  safe_keys = tuple(safe_keys)
-  old = _flatten(_to_json(saved_config, "saved config"))
-  new = _flatten(_to_json(new_config, "new config"))
-  missing = object()
-  unsafe = []
-  for key in sorted(set(old) | set(new)):
-    before, after = old.get(key, missing), new.get(key, missing)
-    if before == after or _is_safe(key, safe_keys):
-      continue
-    describe = lambda v: "<absent>" if v is missing else json.dumps(v)
-    unsafe.append((key, describe(before), describe(after)))
-  if unsafe:
-    lines = "\n".join(f"  {k}: checkpoint {b} -> now {a}" for k, b, a in unsafe)
-    raise ResumeConfigError(
-        f"cannot resume: the config differs from the checkpoint's in"
-        f" {len(unsafe)} key(s) that change the training run:\n{lines}\n"
-        "Fix: rerun with the checkpoint's values for these keys, or start a new"
-        " run in a fresh checkpoint directory. Keys allowed to change on resume:"
-        f" {', '.join(safe_keys)}.", [k for k, _, _ in unsafe])
-
-
-# ----------------------------------------------------------------------------
-# Leaf specs and fingerprints of a state pytree.
-# ----------------------------------------------------------------------------
-
-
-def _leaf_specs(tree: Any) -> list[list[Any]]:
-  """[[path, shape, dtype], ...] of every array leaf, in pytree order."""
-  abstract = jax.eval_shape(lambda t: t, tree)
-  flat, _ = jax.tree_util.tree_flatten_with_path(abstract)
-  return [[jax.tree_util.keystr(path), list(leaf.shape), str(leaf.dtype)]
-          for path, leaf in flat]
-
-
-def _words_u32(x: jax.Array) -> jax.Array:
-  """Flat uint32 view of `x`'s bits (narrower types are zero-extended)."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  size = np.dtype(x.dtype).itemsize
-  if size == 4:
-    words = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  elif size == 8:  # Bitcasting to a narrower type appends a dimension of 2.
-    words = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  elif size == 2:
-    words = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-  elif size == 1:
-    words = jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
-  else:
-    raise TypeError(f"cannot fingerprint dtype {x.dtype}")
-  return words.reshape(-1)
-
-
-@jax.jit
-def _fingerprint_leaves(leaves: list[jax.Array]) -> jax.Array:
-  # Sum of word_i * (2i + 1) mod 2**32: odd weights make every single-word change
-  # (any flipped bit) change the sum, and integer sums do not depend on sharding.
-  sums = []
-  for leaf in leaves:
-    words = _words_u32(jnp.asarray(leaf))
-    weights = jax.lax.iota(jnp.uint32, words.size) * jnp.uint32(2) + jnp.uint32(1)
-    sums.append(jnp.sum(words * weights, dtype=jnp.uint32))
-  return jnp.stack(sums) if sums else jnp.zeros((0,), jnp.uint32)
-
-
-def _fingerprint(tree: Any) -> list[int]:
-  leaves = jax.tree_util.tree_leaves(tree)
-  return [int(v) for v in np.asarray(jax.device_get(_fingerprint_leaves(leaves)))]
-
-
-# ----------------------------------------------------------------------------
-# Small helpers.
-# ----------------------------------------------------------------------------
-
-
-def _library_versions() -> dict[str, str]:
-  versions = {"python": platform.python_version()}
-  for name in _VERSIONED_PACKAGES:
-    try:
-      versions[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  return versions
-
-
-def _summarize_error(error: BaseException, limit: int = 400) -> str:
-  """One line naming the root cause (TensorStore errors embed kilobytes of spec)."""
-  chain, seen = [], set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
+def _chain(error: BaseException | None) -> list[BaseException]:
+  chain: list[BaseException] = []
+  while error is not None and error not in chain:
     chain.append(error)
     error = error.__cause__ or error.__context__
-  root = chain[-1]
-  text = f"{type(root).__name__}: {str(root).strip().splitlines()[0] if str(root).strip() else ''}"
-  text = re.sub(r"\s+", " ", text)
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-  seen = set()
-  while error is not None and id(error) not in seen:
-    if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
-      return True
-    seen.add(id(error))
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def _encode_data_state(data_state: Any) -> dict:
-  if isinstance(data_state, (bytes, bytearray)):
-    return {"encoding": "base64",
-            "value": base64.b64encode(bytes(data_state)).decode("ascii")}
-  return {"encoding": "json", "value": _to_json(data_state, "data_state")}
-
-
-def _decode_data_state(stored: Mapping[str, Any]) -> Any:
-  if stored.get("encoding") == "base64":
-    return base64.b64decode(stored["value"])
-  if stored.get("encoding") == "json":
-    return stored["value"]
-  raise ValueError(f"unknown data_state encoding {stored.get('encoding')!r}")
-
-
-def _metric_value(metrics: Mapping[str, Any] | None, name: str | None) -> float | None:
-  if not metrics or name is None or name not in metrics:
-    return None
-  try:
-    value = float(np.asarray(metrics[name]))
-  except (TypeError, ValueError):
-    return None
-  return value if math.isfinite(value) else None
-
-
-def _with_default_sharding(abstract_state: Any) -> Any:
-  """ShapeDtypeStruct tree; leaves without a sharding go to the first local device."""
-  device = jax.local_devices()[0]
-
-  def to_struct(leaf):
-    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-      leaf = jax.eval_shape(lambda x: x, leaf)  # Python scalars.
-    sharding = getattr(leaf, "sharding", None)
-    if sharding is None:
-      sharding = jax.sharding.SingleDeviceSharding(device)
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-
-  return jax.tree_util.tree_map(to_struct, abstract_state)
+  return chain
 
 
 def _is_primary() -> bool:
@@ -345,7 +107,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int = 3,
                best_metric: str | None = None, best_mode: str = "max",
-               async_save: bool = True, verify: bool = True):
+               async_save: bool = True, verify: bool = True, read_only: bool = False):
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
     if best_mode not in ("max", "min"):
@@ -381,24 +143,32 @@ class Checkpointer:
         best_mode=best_mode,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
-        # Temporary directories left by a killed save are removed on start-up.
-        cleanup_tmp_directories=True,
-        create=True,
+        read_only=read_only,
+        # Leftovers of killed saves are removed below, before the manager starts (Orbax's own clean-up runs
+        # in a thread that only its first save awaits).
+        cleanup_tmp_directories=False,
+        create=not read_only,
     )
     try:
+      if not read_only:
+        self._remove_unfinished_saves()
       self._manager = ocp.CheckpointManager(self._directory, options=options)
     except OSError as e:
       raise CheckpointError(
           f"cannot open checkpoint directory {self._directory}: {e}. Fix: check"
           " that the path is writable (or choose another checkpoint directory)."
       ) from e
-    # Orbax removes the leftovers of killed saves in a background thread that only its first save awaits;
-    # its close() does not. A run that stops before saving (a refused resume) would have that thread die
-    # at interpreter exit with a traceback, and a restore could race the removal. Wait for it here.
-    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
-    if await_cleanup is not None:
-      await_cleanup()
     self._best = self._load_best()
+
+  def _remove_unfinished_saves(self) -> None:
+    """Deletes `<step>.orbax-checkpoint-tmp*` folders of saves a killed process never committed.
+
+    Safe because one run owns the workdir (train.py holds its lock) and this runs before any save.
+    """
+    if _is_primary() and self._directory.exists():
+      for temporary in ocp.utils.tmp_checkpoints(self._directory):
+        shutil.rmtree(os.fspath(temporary.get()), ignore_errors=True)
+    _sync("hrm_jax_checkpoint_cleanup")
 
   # -- queries ---------------------------------------------------------------
 
@@ -527,14 +297,15 @@ class Checkpointer:
     which = f"step {step}" if step is not None else "a step"
     kept = (f"the latest good step is {latest}" if latest is not None
             else "there is no earlier checkpoint")
+    text = " ".join(str(e) for e in _chain(error))
+    disk_full = "No space left on device" in text or "os_error_code='28'" in text
+    cause = "no space left on device" if disk_full else summarize_error(error)
+    fix = ("free disk space or fix write permission on the directory"
+           if disk_full or isinstance(error, OSError) else "see the log")
     return CheckpointSaveError(
-        f"saving checkpoint {which} to {self._directory} failed:"
-        f" {_summarize_error(error)}. Earlier checkpoints are intact ({kept};"
-        f" steps on disk: {self.steps()}). Fix: "
-        + ("free disk space or fix write permission on the directory"
-           if isinstance(error, OSError) else "see the error above")
-        + ", then rerun the same command to resume; the partial write is removed"
-        " on the next start.")
+        f"saving checkpoint {which} to {self._directory} failed: {cause}. Earlier checkpoints are intact"
+        f" ({kept}; steps on disk: {self.steps()}). Fix: {fix}, then rerun the same command to resume; the"
+        " partial write is removed on the next start.")
 
   # -- restore ---------------------------------------------------------------
 
@@ -581,10 +352,10 @@ class Checkpointer:
           if _is_out_of_memory(e):
             raise CheckpointError(
                 f"restoring checkpoint step {candidate} from {self._directory} ran"
-                f" out of memory: {_summarize_error(e)}. Fix: free device/host"
+                f" out of memory: {summarize_error(e)}. Fix: free device/host"
                 " memory (restore before building other large arrays) or shard"
                 " the abstract state over more devices.") from e
-          problem = _summarize_error(e)
+          problem = summarize_error(e)
       if restored is None:
         failures.append((candidate, problem))
         if step is not None:
@@ -634,7 +405,7 @@ class Checkpointer:
     meta = self._read_json(step, "metadata")
     saved_specs = meta.get("leaves")
     if saved_specs is not None:
-      self._compare_specs(step, saved_specs, expected_specs)
+      compare_specs(self._directory, step, saved_specs, expected_specs)
     result = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),
         data_state=ocp.args.JsonRestore(),
@@ -659,31 +430,15 @@ class Checkpointer:
                     data_state=_decode_data_state(result.data_state),
                     config=result.config, metadata=result.metadata)
 
-  def _compare_specs(self, step: int, saved: list, expected: list) -> None:
-    saved_map = {p: (tuple(s), d) for p, s, d in saved}
-    expected_map = {p: (tuple(s), d) for p, s, d in expected}
-    problems = []
-    for path in sorted(set(saved_map) | set(expected_map)):
-      a, b = saved_map.get(path), expected_map.get(path)
-      if a == b:
-        continue
-      fmt = lambda v: "absent" if v is None else f"{v[1]}{list(v[0])}"
-      problems.append(f"{path or '<root>'}: checkpoint {fmt(a)}, expected {fmt(b)}")
-    if problems:
-      shown = "\n  ".join(problems[:20])
-      more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-      raise CheckpointMismatchError(
-          f"checkpoint step {step} in {self._directory} does not fit the"
-          f" requested state ({len(problems)} leaf difference(s)):\n  {shown}{more}\n"
-          "Fix: build the abstract state from the same model/optimiser config the"
-          " checkpoint was written with (see its `config` item), or start a new"
-          " run in a fresh directory.")
-
   # -- integrity helpers -----------------------------------------------------
 
   def saved_config(self, step: int) -> dict:
     """The config a step was saved with (cheap: reads one small JSON item)."""
     return self._read_json(int(step), "config")
+
+  def saved_metadata(self, step: int) -> dict:
+    """The metadata a step was saved with (run id, evaluation record, ...); one small JSON item."""
+    return self._read_json(int(step), "metadata")
 
   def _read_json(self, step: int, item: str) -> Any:
     path = self._directory / str(step) / item / _JSON_FILE
@@ -694,18 +449,22 @@ class Checkpointer:
     if step in self._bad_steps:
       return self._bad_steps[step]
     step_dir = self._directory / str(step)
-    try:
-      for item in ITEM_NAMES:
-        if not (step_dir / item).is_dir():
-          return f"item directory {item}/ is missing"
-      json.loads((step_dir / "state" / "_METADATA").read_text())
-      for item in ITEM_NAMES[1:]:
-        json.loads((step_dir / item / _JSON_FILE).read_text())
-    except FileNotFoundError as e:
-      return f"missing file {e.filename or e}"
-    except (ValueError, OSError) as e:
-      return f"unreadable metadata: {_summarize_error(e)}"
+    for item in ITEM_NAMES:
+      if not (step_dir / item).is_dir():
+        return f"item directory {step_dir / item} is missing"
+    for path in [step_dir / "state" / "_METADATA"] + [step_dir / item / _JSON_FILE for item in ITEM_NAMES[1:]]:
+      try:
+        json.loads(path.read_text())
+      except FileNotFoundError:
+        return f"{path} is missing"
+      except Exception as e:  # pylint: disable=broad-except  # any damage: bad bytes, bad JSON, no permission
+        return f"{path} is unreadable ({summarize_error(e)})"
     return None
+
+  def step_problems(self) -> dict[int, str]:
+    """Every committed step that cannot be used and why (a cheap check of its metadata and config)."""
+    return {step: problem for step in self.steps()
+            if (problem := self._quick_check(step)) is not None}
 
   def _quarantine(self, steps: Sequence[int]) -> dict[int, epath.Path]:
     """Moves bad step directories to <dir>/corrupt/ so the steps can be re-saved."""

@@ -20,8 +20,8 @@ the same step, or the collective save would hang. Two ways to agree:
   process. The guard leaves SIGTERM to JAX and turns its own SIGINT into a
   SIGTERM for JAX, so Ctrl-C takes the same path.
 * Without it (`jax_enable_preemption_service=False`): the guard handles both
-  signals and ORs the flag over processes through the coordination service's
-  key-value store every `sync_every` steps (a barrier plus one read per check).
+  signals and ORs the flag over processes with `multihost_utils.process_allgather`
+  every `sync_every` steps (one tiny collective per check).
 
 A second SIGINT aborts at once (default action, no clean-up): the last
 committed checkpoint stays valid because Orbax commits steps atomically.
@@ -29,7 +29,6 @@ committed checkpoint stays valid because Orbax commits steps atomically.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import signal
@@ -38,8 +37,6 @@ import types
 from typing import Any, Sequence
 
 _log = logging.getLogger(__name__)
-_guard_ids = itertools.count()
-_BARRIER_TIMEOUT_MS = 10 * 60 * 1000
 
 
 def _process_count() -> int:
@@ -47,13 +44,10 @@ def _process_count() -> int:
   return jax.process_count()
 
 
-def _preemption_service():
-  """JAX's preemption sync manager, or None when not running multi-process with it."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  state = distributed.global_state
-  if state.client is None:
-    return None
-  return getattr(state, "preemption_sync_manager", None)
+def _preemption_service_on() -> bool:
+  """Whether JAX's preemption sync manager runs: jax.distributed initialised with the service enabled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
 
 
 class PreemptionGuard:
@@ -76,8 +70,6 @@ class PreemptionGuard:
     self._received: list[str] = []
     self._stop_step: int | None = None
     self._mode: str | None = None
-    self._id = next(_guard_ids)
-    self._kv_checks: list[int] = []
 
   # -- installation ----------------------------------------------------------
 
@@ -112,7 +104,7 @@ class PreemptionGuard:
   def _pick_mode(self) -> str:
     if _process_count() == 1:
       return "local"
-    return "jax" if _preemption_service() is not None else "kv"
+    return "jax" if _preemption_service_on() else "allgather"
 
   # -- signals ---------------------------------------------------------------
 
@@ -176,22 +168,10 @@ class PreemptionGuard:
     return stop
 
   def _any_process_flagged(self, step: int) -> bool:
-    """ORs the flag over processes via the coordination service's key-value store."""
-    import jax  # pylint: disable=g-import-not-at-top
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-    client = distributed.global_state.client
-    prefix = f"hrm_jax/preemption/{self._id}/{step}/"
-    client.key_value_set(prefix + str(jax.process_index()),
-                         "1" if self._flag.is_set() else "0")
-    client.wait_at_barrier(f"hrm_jax_preemption_{self._id}_{step}",
-                           _BARRIER_TIMEOUT_MS)
-    values = dict(client.key_value_dir_get(prefix))
-    # Every process has read check k-1's keys before it could pass check k's
-    # barrier, so our key from two checks ago is no longer needed by anyone.
-    self._kv_checks.append(step)
-    if len(self._kv_checks) > 2:
-      old = self._kv_checks.pop(0)
-      client.key_value_delete(
-          f"hrm_jax/preemption/{self._id}/{old}/{jax.process_index()}")
-    return any(v == "1" for v in values.values())
+    """ORs the flag over processes with one small all-gather (every process calls it at the same steps)."""
+    del step
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.int32(self._flag.is_set()))
+    return bool(np.any(flags))
 

@@ -41,7 +41,8 @@ def make_eval_step(cfg: ModelConfig, loss_cfg: LossConfig, eval_cfg: EvalConfig)
     metrics = dict(metrics, class_correct=correct_V, class_total=total_V,
                    segments=outputs["num_segments"])
     predictions = {"preds": jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32),
-                   "q_halt_logits": outputs["q_halt_logits"], "steps": outputs["steps"]}
+                   "q_halt_logits": outputs["q_halt_logits"], "q_continue_logits": outputs["q_continue_logits"],
+                   "steps": outputs["steps"]}
     return metrics, predictions
 
   return eval_step
@@ -78,10 +79,12 @@ def _whole_batch_on_host(local_rows: dict[str, np.ndarray], predictions: dict[st
 
 def evaluate(eval_fn: Callable, state, batches: Iterable[dict[str, np.ndarray]], *,
              put_batch: Callable[[dict], dict] = lambda b: b,
-             save_predictions_to: pathlib.Path | None = None) -> dict[str, Any]:
+             save_predictions_to: pathlib.Path | None = None,
+             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
   """Runs `eval_fn` (the jitted eval step) over `batches`; returns the summary dict.
 
-  Device metric sums are accumulated on device and fetched once at the end.
+  Device metric sums are accumulated on device and fetched once at the end. `on_batch(rows)` is called
+  after each batch is dispatched with its number of real (non-padding) rows, e.g. for a progress bar.
   """
   sums = None
   num_batches = 0
@@ -91,6 +94,8 @@ def evaluate(eval_fn: Callable, state, batches: Iterable[dict[str, np.ndarray]],
     metrics, predictions = eval_fn(ema_lib.eval_params(state), state.buffers, state.puzzle_table, device_batch)
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     num_batches += 1
+    if on_batch is not None:
+      on_batch(int(np.sum(batch["valid"])) if "valid" in batch else len(batch["inputs"]))
     if save_predictions_to is not None:
       rows = {k: np.asarray(batch[k]) for k in hrm.DATA_KEYS}
       rows["valid"] = np.asarray(batch.get("valid", np.ones(len(batch["inputs"]), bool)))

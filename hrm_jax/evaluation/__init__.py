@@ -1,0 +1,1 @@
+"""hrm_jax.evaluation: scoring, solving with and exporting a trained model."""
