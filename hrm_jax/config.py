@@ -176,6 +176,8 @@ def problems(c: ml_collections.ConfigDict) -> list[str]:
     need(c.eval[key] >= 0, f"eval.{key}", "must be >= 0")
   need(math.isfinite(c.eval.full_on_fast_gain), "eval.full_on_fast_gain", "must be a finite number")
   need(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
+  need(math.isfinite(c.ema_rate) and 0 <= c.ema_rate < 1, "ema_rate",
+       "must lie in [0, 1) (the original's is 0.999; 0 makes the EMA the weights themselves)")
   need(c.checkpoint.max_to_keep >= 1, "checkpoint.max_to_keep", "must be >= 1")
   need(c.log.every_steps >= 1, "log.every_steps", "must be >= 1")
   need(0 < c.log.status_every_s <= 30, "log.status_every_s", "must lie in (0, 30] seconds")

@@ -177,3 +177,21 @@ def test_converter_refuses_mismatches_with_one_clear_message():
     torch_checkpoint.from_state_dict(broken, cfg)
   assert trm_checkpoint.is_trm(state, None) and not trm_checkpoint.is_trm(
       {"H_level.layers.0.mlp.down_proj.weight": None, **state}, None)
+
+
+@pytest.mark.parametrize("variant", ["", "attn", "smoke", "attn,smoke"])
+def test_trm_task_configs_build_valid_trm_models(variant):
+  import importlib  # pylint: disable=import-outside-toplevel
+  from hrm_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  for name in ("trm_sudoku", "trm_maze", "trm_arc1", "trm_arc2", "trm_demo"):
+    if variant and (("attn" in variant and name != "trm_sudoku") or (name == "trm_demo" and variant != "smoke")):
+      continue
+    c = importlib.import_module(f"configs.{name}").get_config(variant)
+    assert config_lib.problems(c) == [] and c.ema and c.model.arch == "trm"
+    cfg = ModelConfig.from_dict(dict(c.model.to_dict(), vocab_size=11, seq_len=81, num_puzzle_identifiers=2))
+    assert isinstance(cfg, trm.TRMConfig)
+    if name == "trm_sudoku" and "smoke" not in variant:
+      assert (cfg.mlp_t, cfg.pos_encodings) == ((False, "rope") if variant == "attn" else (True, "none"))
+  bad = importlib.import_module("configs.trm_demo").get_config("")
+  bad.ema_rate = 1.0
+  assert any("ema_rate=1.0" in p for p in config_lib.problems(bad))
