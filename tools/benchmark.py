@@ -264,7 +264,10 @@ class JaxTrain:
     jitted = jax.jit(step_fn, donate_argnums=0)
     self.batches = [jax.device_put(b) for b in batches]
     self.compiled, self.lower_s, self.compile_s = _compile_timed(jitted, self.state, self.batches[0])
-    self.flops = _flops(step_fn, self.compiled, self.state, self.batches[0]) if count_flops else None
+    # Counted on the one-shot attention: the same arithmetic, but visible to the cost analysis (cuDNN's
+    # fused kernel is a custom call that counts 0 FLOPs; blockwise pads keys to whole blocks).
+    flops_fn = make_train_step(dataclasses.replace(step_cfg, model=cfg.replace(attention_impl="xla")), optimizer)
+    self.flops = _flops(flops_fn, self.compiled, self.state, self.batches[0]) if count_flops else None
     self.calls = 0
     self.first_loss: float | None = None
 
@@ -318,23 +321,42 @@ class TorchTrain:
 class JaxEval:
   """hrm_jax's jitted eval step: `hrm.infer` (while_loop over segments) plus the loss metrics."""
 
-  def __init__(self, cfg: ModelConfig, batches: list[dict[str, np.ndarray]], initial_weights):
+  def __init__(self, cfg: ModelConfig, batches: list[dict[str, np.ndarray]], initial_weights,
+               halt_on_q: bool = False):
     params, buffers, table = jax.device_put(initial_weights)
     self.args = (params, buffers, table)
-    step_fn = eval_lib.make_eval_step(cfg, LossConfig(), eval_lib.EvalConfig())
+    step_fn = eval_lib.make_eval_step(cfg, LossConfig(), eval_lib.EvalConfig(halt_on_q=halt_on_q))
     self.batches = [jax.device_put(b) for b in batches]
     self.compiled, self.lower_s, self.compile_s = _compile_timed(jax.jit(step_fn), *self.args, self.batches[0])
     # The ACT while_loop counts once: FLOPs of one segment, times the segments every row runs (16, fixed).
-    self.flops = _flops(step_fn, self.compiled, *self.args, self.batches[0]) * cfg.halt_max_steps
+    flops_fn = eval_lib.make_eval_step(cfg.replace(attention_impl="xla"), LossConfig(), eval_lib.EvalConfig())
+    self.flops = _flops(flops_fn, self.compiled, *self.args, self.batches[0]) * cfg.halt_max_steps
     self.calls = 0
     self.first_loss: float | None = None
+    self.segments: list[int] = []  # loop iterations per call (16 unless halt_on_q lets every row stop)
+    self.row_steps: list[float] = []  # mean segments per row
 
   def __call__(self) -> None:
     metrics, predictions = self.compiled(*self.args, self.batches[self.calls % len(self.batches)])
     jax.block_until_ready((metrics, predictions))
     if self.first_loss is None:
       self.first_loss = float(metrics["lm_loss"])
+    self.segments.append(int(metrics["segments"]))
+    self.row_steps.append(float(np.mean(predictions["steps"])))
     self.calls += 1
+
+
+def halting_early(weights, seed: int = 0):
+  """The weights with a random Q head (std 1/sqrt(D)), so rows halt at data-dependent segments.
+
+  An untrained model's Q head (weight 0, bias -5 for both logits) never has q_halt > q_continue, so
+  `halt_on_q` would change nothing; a trained one halts most rows early. Both frameworks get these weights.
+  """
+  params, buffers, table = weights
+  kernel = np.asarray(params["q_head"]["kernel"])
+  draw = np.random.default_rng(seed).standard_normal(kernel.shape) / np.sqrt(kernel.shape[0])
+  params = dict(params, q_head=dict(params["q_head"], kernel=draw.astype(kernel.dtype)))
+  return params, buffers, table
 
 
 class TorchEval:
@@ -423,7 +445,7 @@ def _summary_ms(seconds: list[float]) -> dict[str, float]:
 
 def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup: int,
             torch_device: torch.device, torch_compile: bool, schedule: str = "alternate",
-            seed: int = 0) -> dict[str, Any]:
+            seed: int = 0, halt_on_q: bool = False, halt_early: bool = False) -> dict[str, Any]:
   """Times one of `train` / `eval` for both frameworks; returns the result row (times in ms)."""
   batches = make_batches(cfg, batch_size, NUM_BATCHES, seed)
   if what == "train":
@@ -434,12 +456,16 @@ def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup:
     optimizer = optim.hrm_optimizer(optim.make_dense_optimizer(LR), optim.sparse_signsgd(PUZZLE_EMB_LR, 0.0))
     state = jax.jit(lambda: create_train_state(cfg, optimizer, batch_size, seed))()
     weights = jax.device_get((state.params, state.buffers, state.puzzle_table))
+    if halt_early:
+      weights = halting_early(weights, seed)
     jax_runner = JaxEval(cfg, batches, weights)
     make_torch = lambda compile_model: TorchEval(cfg, batch_size, batches, weights, torch_device,
                                                  compile_model)
   runners: dict[str, Callable[[], None]] = {"hrm_jax": jax_runner, "torch": make_torch(False)}
   if torch_compile:
     runners["torch_compile"] = make_torch(True)
+  if what == "eval" and halt_on_q:
+    runners["hrm_jax_halt_on_q"] = JaxEval(cfg, batches, weights, halt_on_q=True)
   loads_before = os.getloadavg()
   times, first = time_calls(runners, steps, warmup, schedule)
   loads_after = os.getloadavg()
@@ -453,12 +479,18 @@ def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup:
     if name in first:
       row[f"{name}_first_call_s"] = first[name]
   row["ratio"] = row["torch_ms"] / row["hrm_jax_ms"]
+  for name, runner in runners.items():
+    if isinstance(runner, JaxEval):
+      row[f"{name}_loop_segments"] = statistics.mean(runner.segments)
+      row[f"{name}_mean_row_segments"] = statistics.mean(runner.row_steps)
+  if "hrm_jax_halt_on_q_ms" in row:
+    row["halt_on_q_speedup"] = row["hrm_jax_ms"] / row["hrm_jax_halt_on_q_ms"]
   if torch_compile:
     row["ratio_torch_compile"] = row["torch_compile_ms"] / row["hrm_jax_ms"]
   # FLOPs per call from XLA's cost analysis of hrm_jax's step; torch computes the same thing, so the same
   # count turns each column's time into model FLOP/s.
   row["flops_per_call"] = jax_runner.flops
-  for name in times:
+  for name in (n for n in times if n != "hrm_jax_halt_on_q"):
     use = flops_lib.utilisation(jax_runner.flops, row[f"{name}_ms"] / 1e3)
     row[f"{name}_tflops_per_s"] = use["tflops_per_s"]
     row[f"{name}_mfu"] = use["mfu"]
@@ -501,6 +533,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--threads", type=int, default=None,
                       help="pin the process to this many cores: XLA's pool and torch.set_num_threads both "
                            "use them (default: every core the process may use)")
+  parser.add_argument("--halt-on-q", action="store_true",
+                      help="eval: also time hrm_jax with halt_on_q (rows stop at q_halt > q_continue)")
+  parser.add_argument("--halt-early", action="store_true",
+                      help="eval: give the Q head random weights so rows halt at data-dependent segments "
+                           "(an untrained model never halts early)")
   parser.add_argument("--json", default=None, help="write the results here as JSON")
   args = parser.parse_args(argv)
   whats = [w.strip() for w in args.what.split(",") if w.strip()]
@@ -556,6 +593,12 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"{row['what']}: {row['flops_per_call'] / 1e9:.2f} GFLOP per call (XLA cost analysis); "
                  "model TFLOP/s " + ", ".join(f"{name} {row[f'{name}_tflops_per_s']:.3f}"
                                               for name in _frameworks(row)) + "; " + peak)
+  for row in report["results"]:
+    if "halt_on_q_speedup" in row:
+      lines.append(f"eval with halt_on_q: {row['hrm_jax_halt_on_q_ms']:.2f} ms, {row['halt_on_q_speedup']:.2f}x "
+                   f"faster than the fixed loop; loop segments {row['hrm_jax_halt_on_q_loop_segments']:.1f} vs "
+                   f"{row['hrm_jax_loop_segments']:.1f}, mean segments per row "
+                   f"{row['hrm_jax_halt_on_q_mean_row_segments']:.2f} vs {row['hrm_jax_mean_row_segments']:.2f}")
   if report["torch_compile"]:
     lines.append("torch.compile first call (compilation included), s: " + ", ".join(
         f"{row['what']} {row['torch_compile_first_call_s']:.1f}" for row in report["results"]))
@@ -605,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   }
   for what in args.what:
     row = run_one(what, cfg, batch_size, steps=args.steps, warmup=args.warmup, torch_device=torch_device,
-                  torch_compile=args.torch_compile, schedule=args.schedule)
+                  torch_compile=args.torch_compile, schedule=args.schedule, halt_on_q=args.halt_on_q,
+                  halt_early=args.halt_early)
     row = dict(config=args.config, forward_dtype=cfg.forward_dtype, batch=batch_size, device=device_label,
                threads=threads, **row)
     report["results"].append(row)

@@ -82,15 +82,24 @@ def section_env(fig: Figures, dry_run: bool) -> None:
 
 
 def _benchmark(fig: Figures, argv: list[str], out: pathlib.Path, name: str) -> None:
+  """tools.benchmark with `argv`; if it fails with the default attention (cuDNN on a GPU), once more with
+  the one-shot "xla" attention, so a cuDNN problem still leaves the other figures."""
   from tools import benchmark  # pylint: disable=import-outside-toplevel
   path = out / f"{name}.bench.tmp"
-  say("python -m tools.benchmark " + " ".join(argv))
-  rc = benchmark.main(argv + ["--json", str(path)])
-  report = json.loads(path.read_text()) if path.exists() else {}
-  path.unlink(missing_ok=True)
-  fig.set(benchmark_rc=rc, benchmark=report)
-  if rc:
-    raise SystemExit(f"tools.benchmark exited {rc}")
+  for attempt in (argv, argv + ["--attention", "xla"]):
+    say("python -m tools.benchmark " + " ".join(attempt))
+    try:
+      rc = benchmark.main(attempt + ["--json", str(path)])
+    except Exception as e:  # pylint: disable=broad-except
+      rc = 1
+      say(f"{name}: tools.benchmark failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+      fig.set(**{f"error_{len(fig.data)}": f"{' '.join(attempt)}: {type(e).__name__}: {e}"[:2000]})
+    report = json.loads(path.read_text()) if path.exists() else {}
+    path.unlink(missing_ok=True)
+    fig.set(benchmark_rc=rc, benchmark=report)
+    if rc == 0:
+      return
+  raise SystemExit(f"tools.benchmark exited {rc}")
 
 
 def section_sudoku(fig: Figures, dry_run: bool, out: pathlib.Path) -> None:
@@ -133,7 +142,16 @@ def section_maze(fig: Figures, dry_run: bool, budget_s: float) -> None:
   fig.set(seq_len=cfg.seq_len, total_len=cfg.total_len, batch=bench.batch_size, dtype=cfg.forward_dtype,
           attention=impl)
   batches = benchmark.make_batches(cfg, bench.batch_size, 2)
-  runner = benchmark.JaxTrain(cfg, bench.batch_size, batches, seed=0)
+  try:
+    runner = benchmark.JaxTrain(cfg, bench.batch_size, batches, seed=0)
+  except Exception as e:  # pylint: disable=broad-except  (e.g. cuDNN refusing the shape: try blockwise)
+    if impl == "blockwise":
+      raise
+    say(f"maze: attention {impl} failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}); using blockwise")
+    fig.set(error=f"{impl}: {type(e).__name__}: {e}"[:2000])
+    impl, cfg = "blockwise", cfg.replace(attention_impl="blockwise")
+    fig.set(attention=impl)
+    runner = benchmark.JaxTrain(cfg, bench.batch_size, batches, seed=0)
   memory = {impl: _memory_dict(runner.compiled)}
   say(f"maze: compiled in {runner.lower_s:.1f}+{runner.compile_s:.1f} s; memory_analysis "
       + ", ".join(f"{k} {v / 2**30:.3f} GiB" for k, v in memory[impl].items()))

@@ -9,6 +9,7 @@ loop) still counts once: for the eval step the figure is per segment.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -73,3 +74,28 @@ def utilisation(flops_per_step: float, seconds_per_step: float, num_devices: int
   per_device = flops_per_step / max(seconds_per_step, 1e-12) / num_devices
   return {"tflops_per_s": per_device / 1e12, "mfu": None if peak is None else per_device / peak,
           "peak_tflops": None if peak is None else peak / 1e12, "device_kind": kind}
+
+
+def train_step_flops(step_cfg, optimizer, state, batch_spec) -> float | None:
+  """FLOPs of one train step (global batch), counted once at start-up; None if the count fails.
+
+  Counted on the one-shot attention: the same arithmetic as blockwise or cuDNN, but visible to the cost
+  analysis (cuDNN's kernel is a custom call that counts nothing).
+  """
+  from hrm_jax.training import train_step as train_step_lib  # pylint: disable=import-outside-toplevel
+  one_shot = dataclasses.replace(step_cfg, model=step_cfg.model.replace(attention_impl="xla"))
+  try:
+    return step_flops(train_step_lib.make_train_step(one_shot, optimizer), state, batch_spec)
+  except Exception:  # pylint: disable=broad-except  (a logged figure must never stop a run)
+    return None
+
+
+def log_fields(flops_per_step: float | None, steps_per_s: float | None, num_devices: int) -> dict[str, float]:
+  """{"model_tflops_per_s": per device, "mfu": against the bf16 peak where known} for the train log."""
+  if not flops_per_step or not steps_per_s:
+    return {}
+  use = utilisation(flops_per_step, 1.0 / steps_per_s, num_devices)
+  fields = {"model_tflops_per_s": use["tflops_per_s"]}
+  if use["mfu"] is not None:
+    fields["mfu"] = use["mfu"]
+  return fields

@@ -19,7 +19,7 @@ import logging
 import pathlib
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -32,6 +32,8 @@ from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
 from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.evaluation import evaluate as eval_lib
+from hrm_jax.training import flops as flops_lib
+from hrm_jax.training import memory as memory_lib
 from hrm_jax.training import reporting
 from hrm_jax.training import resume as resume_lib
 from hrm_jax.training import setup
@@ -59,8 +61,9 @@ class _Prefetcher:
   last one read ahead, so every batch carries its own snapshot.
   """
 
-  def __init__(self, iterator, depth: int = 2):
+  def __init__(self, iterator, depth: int = 2, put: Callable[[dict], Any] = lambda batch: batch):
     self._iterator = iterator
+    self._put = put  # e.g. onto the devices: the copy overlaps the running step
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True, name="hrm-prefetch")
@@ -69,7 +72,7 @@ class _Prefetcher:
   def _run(self):
     try:
       for batch in self._iterator:
-        item = (batch, self._iterator.get_state())
+        item = (self._put(batch), self._iterator.get_state())
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)
@@ -103,6 +106,7 @@ class Programs:
   train_step: Any
   eval_step: Any
   weights_norm: Any  # state -> float32 global norm of the weights a checkpoint would hold
+  flops_per_step: float | None = None  # XLA's count for one train step (global batch), made once
 
 
 def _compile(run: Run) -> Programs:
@@ -117,6 +121,25 @@ def _compile(run: Run) -> Programs:
   eval_step = jax.jit(eval_lib.make_eval_step(run.cfg, run.loss_cfg, eval_cfg))
   weights_norm = jax.jit(lambda s: optax.global_norm((s.params, s.buffers, s.puzzle_table)))
   return Programs(train_step=train_step, eval_step=eval_step, weights_norm=weights_norm)
+
+
+def _check_memory(run: Run, programs: Programs) -> Programs:
+  """Memory known before it fails: the train step compiled for the abstract state (no array allocated yet;
+  jit reuses this compilation for the first step) against the device's memory; then its FLOPs, counted once."""
+  config = run.config
+  state_spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), run.abstract_state,
+                            run.shardings)
+  batch_spec = memory_lib.batch_spec(run.cfg.seq_len, config.global_batch_size, NamedSharding(run.mesh, P("data")))
+  try:
+    memory_lib.check_train_step_fits(programs.train_step, state_spec, batch_spec,
+                                     global_batch_size=config.global_batch_size,
+                                     grad_accum_steps=config.grad_accum_steps)
+  except memory_lib.DoesNotFitError as e:
+    raise TrainingError(str(e)) from None
+  step_cfg = StepConfig(model=run.cfg, loss=run.loss_cfg, global_batch_size=config.global_batch_size,
+                        grad_accum_steps=config.grad_accum_steps)
+  return dataclasses.replace(
+      programs, flops_per_step=flops_lib.train_step_flops(step_cfg, run.optimizer, state_spec, batch_spec))
 
 
 @dataclasses.dataclass
@@ -255,12 +278,14 @@ def _save(run: Run, checkpointer, reporters: Reporters, start: Start, state, ste
 # ==========================================================================================================
 # Loop
 # ==========================================================================================================
-def _log_step(run: Run, reporters: Reporters, host: dict[str, float], step: int, stats) -> None:
+def _log_step(run: Run, reporters: Reporters, host: dict[str, float], step: int, stats,
+              flops_per_step: float | None = None) -> None:
   gbs = run.config.global_batch_size
   host["lr"] = float(run.lr_schedule(step - 1))
   if stats is not None:
     host.update(steps_per_s=stats.steps_per_s, samples_per_s=stats.samples_per_s,
                 data_wait_fraction=stats.data_wait_fraction, compute_s_per_step=stats.compute_per_step_s)
+    host.update(flops_lib.log_fields(flops_per_step, stats.steps_per_s, jax.device_count()))
   reporters.writers.write(step, host, split="train")
   rate = reporters.timer.smoothed_steps_per_s
   reporters.status.update(step=step, epoch=step / run.plan.steps_per_epoch, samples_seen=step * gbs,
@@ -287,22 +312,36 @@ def _train_loop(run: Run, programs: Programs, checkpointer, reporters: Reporters
     reporters.writers.write(0, _flat_eval(summary), split="eval")
     reporters.status.record_eval(0, summary)
     _say("Before training: " + reporting.format_eval_report(summary, step=0))
-  prefetcher = _Prefetcher(start.train_iter)
+  prefetcher = _Prefetcher(start.train_iter, put=run.to_global)  # batches reach the devices ahead
   batches = iter(prefetcher)
+  pending_log: list[tuple[int, Any]] = []
+
+  def flush_log() -> None:
+    """Logs the pending log step, one step late: waits for that step only, not the one dispatched after it."""
+    if pending_log:
+      log_step, log_metrics = pending_log.pop()
+      stats = timer.sync(log_metrics)
+      host = _fetch_metrics(run, checkpointer, log_metrics, log_step, watch)
+      _log_step(run, reporters, host, log_step, stats, programs.flops_per_step)
+
   try:
     while step < plan.total_steps:
       with timer.waiting_for_data():
         batch, data_state = next(batches)
       with reporters.status.phase("compiling") if step == first else contextlib.nullcontext():
-        state, metrics = programs.train_step(state, run.to_global(batch))
+        state, metrics = programs.train_step(state, batch)
+      # Metrics of a log step are fetched after the next step is dispatched, so the device never waits on
+      # the host's logging (before step_done: that timing window ends at the logged step). Evaluations and
+      # saves flush them first.
+      flush_log()
       timer.step_done()
       step += 1
       is_last = step == plan.total_steps
       if step % config.log.every_steps == 0 or is_last or step == first + 1:
-        stats = timer.sync(metrics)
-        _log_step(run, reporters, _fetch_metrics(run, checkpointer, metrics, step, watch), step, stats)
+        pending_log.append((step, metrics))
       full = None
       if run.eval_policy.due(step, is_last):
+        flush_log()
         with timer.excluded(), reporters.status.phase("evaluating"):
           record, full = _evaluate(run, programs, reporters, state, step, is_last, record)
         last_full = full or last_full
@@ -310,6 +349,7 @@ def _train_loop(run: Run, programs: Programs, checkpointer, reporters: Reporters
       stopping = guard.should_stop(step)
       if run.checkpoint_policy.due(step, is_last=is_last, full_eval=full is not None,
                                    stopping=stopping or early):
+        flush_log()
         _fetch_metrics(run, checkpointer, metrics, step, watch, state, programs)
         _save(run, checkpointer, reporters, start, state, step, data_state, record, last_full,
               full_now=full is not None, finished=is_last or early, early_stopped=early)
@@ -321,6 +361,7 @@ def _train_loop(run: Run, programs: Programs, checkpointer, reporters: Reporters
         return "finished", (f"Early stop at step {step}: {record.evals_without_improvement} full evaluations "
                             f"without a better exact accuracy (best {record.best_exact:.2%} at step "
                             f"{record.best_step})."), last_full
+    flush_log()
   except StopIteration:
     raise TrainingError("The training data ran out; this should not happen with an endless iterator. Check "
                         "the dataset's train split.") from None
@@ -356,9 +397,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       train_iter = pipeline.make_train_iterator(
           run.data_dir, global_batch_size=config.global_batch_size, seed=config.seed,
           process_index=jax.process_index(), process_count=jax.process_count(), worker_count=config.data_workers)
+      programs = _check_memory(run, _compile(run))  # before resume allocates the state
       start = resume_lib.resume(run, checkpointer, train_iter)
       lock.record(start.run_id)
-      programs = _compile(run)
       reporters = _reporters(run, start, int(jax.device_get(start.state.step)), heartbeat)
       end_state, message, last_full = "failed", "", None
       try:
