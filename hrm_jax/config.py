@@ -41,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.rope_theta = 10000.0  # RoPE base frequency
   c.model.halt_max_steps = 16  # ACT segments at most (and exactly, in the original's evaluation)
   c.model.halt_exploration_prob = 0.1  # training: chance a row gets a random minimum of segments
-  c.model.forward_dtype = "bfloat16"  # "bfloat16" | "float32"; parameters stay float32 masters
+  # "bfloat16" | "float32" | "float64" (64-bit JAX: the original's float64 path); parameters stay float32
+  c.model.forward_dtype = "bfloat16"
   # "auto": cudnn on GPU in bfloat16, else blockwise (memory linear in T) from 256 positions on, else "xla"
   # (the original's rounding, the parity path) | "xla" | "blockwise" | "cudnn" (GPU, bfloat16) | "jax"
   c.model.attention_impl = "auto"

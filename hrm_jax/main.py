@@ -81,6 +81,9 @@ def main(argv):
   found = config_lib.problems(config)
   if found:
     _fail(f"bad config: {'; '.join(found)}", 2)
+  if config.model.get("forward_dtype") == "float64":
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.update("jax_enable_x64", True)  # the original's float64 forward (slow; for verification)
   from hrm_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
   from hrm_jax.training import train  # pylint: disable=import-outside-toplevel
   from hrm_jax.training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
@@ -93,6 +96,16 @@ def main(argv):
   except OSError as e:  # a disk that filled up or went read-only while running
     _fail(f"{e.strerror or e}: {e.filename or ''}. Earlier checkpoints are intact; fix the disk, then rerun the "
           f"same command to resume (details in {_WORKDIR.value}/{workdir_lib.LOG_FILE}).", 1)
+  finally:
+    _silence_library_shutdown()
+
+
+def _silence_library_shutdown() -> None:
+  """After the run: asyncio futures of a failed Orbax save report themselves when garbage-collected at exit;
+  the run's own error line (and run.log) already said what happened."""
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+  std_logging.getLogger("asyncio").disabled = True
+  sys.unraisablehook = lambda unraisable: None
 
 
 if __name__ == "__main__":

@@ -140,6 +140,18 @@ def test_demo_smoke_run_writes_its_files_and_prints_the_run_length(cli_runs):
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
 
 
+def test_rerun_of_a_finished_run_prints_its_result_and_touches_nothing(cli_runs):
+  _, workdir, demo_data = _result(cli_runs, "demo_smoke", returncode=0)
+  watched = [workdir / "status.json", workdir / "metrics.jsonl", *sorted((workdir / "tb").iterdir())]
+  before = {p: p.read_bytes() for p in watched}
+  rerun = _run_main("--config=configs/demo.py:smoke", f"--workdir={workdir}", f"--config.data_dir={demo_data}")
+  assert rerun.returncode == 0, rerun.stderr
+  assert "is already finished at step 6: Evaluation at step 6" in rerun.stdout
+  assert "EXACT ACCURACY" in rerun.stdout and "Raise --config.num_steps" in rerun.stdout
+  assert sorted((workdir / "tb").iterdir()) == watched[2:]  # no new TensorBoard file
+  assert {p: p.read_bytes() for p in watched} == before  # best_eval and last_eval kept, nothing appended
+
+
 @pytest.mark.parametrize("task", ["sudoku", "maze"])
 def test_task_smoke_variant_runs_end_to_end(cli_runs, task):
   result, workdir, _ = _result(cli_runs, f"{task}_smoke", returncode=0)
@@ -183,3 +195,26 @@ def test_task_config_loads_and_is_locked(name, variant):
     assert config.num_steps <= 20 and config.model.hidden_size <= 64
   with pytest.raises(ValueError, match="variant"):
     _load_config(name, "smokey")
+
+
+# ==========================================================================================================
+# The ARC smoke config (sequence length 900): finishes quickly and never goes quiet for 10 s.
+# ==========================================================================================================
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["arc1"])
+def test_arc_smoke_finishes_and_prints_a_line_at_least_every_10_s(tmp_path, task):
+  import time  # pylint: disable=import-outside-toplevel
+  started = time.monotonic()
+  proc = subprocess.Popen([sys.executable, "-u", "-m", "hrm_jax.main", f"--config=configs/{task}.py:smoke",
+                           f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tmp_path / 'data'}"],
+                          cwd=REPO_ROOT, env=background_runs.cpu_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  stamps, lines = [started], []
+  for line in proc.stdout:
+    stamps.append(time.monotonic())
+    lines.append(line.rstrip())
+  assert proc.wait(timeout=600) == 0, "\n".join(lines[-30:])
+  gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+  print(f"{task} smoke: {stamps[-1] - started:.0f} s wall, longest quiet stretch {max(gaps):.1f} s")
+  assert max(gaps) <= 10.0, [(round(g, 1), l) for g, l in zip(gaps, lines) if g > 10]
+  assert lines[-1] == "Finished 10 steps."

@@ -549,3 +549,37 @@ def test_invalid_config_names_the_field(changes, field):
 def test_unknown_config_key_is_rejected():
   with pytest.raises(ValueError, match=r"Unknown model config keys \['hiden_size'\]"):
     ModelConfig.from_dict({**TINY, "hiden_size": 8})
+
+
+# ------------------------------------------------------------------------------------------------------
+# forward_dtype float64 (the original's float64 path)
+# ------------------------------------------------------------------------------------------------------
+def test_float64_without_x64_is_refused_with_the_fix():
+  cfg = _tiny(forward_dtype="float64")
+  with jax.enable_x64(False):
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+      hrm.init_params(cfg, jax.random.key(0))
+
+
+def test_float64_computes_in_float64_except_where_the_original_uses_float32():
+  cfg = _tiny(forward_dtype="float64")
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 5, 3, 8)) for _ in range(3))
+    got = np.asarray(layers.attention_xla(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)))
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(8)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    want = np.einsum("bnts,bsnh->btnh", p / p.sum(-1, keepdims=True), v)
+    assert got.dtype == np.float64 and np.max(np.abs(got - want)) < 1e-13  # no float32 step in attention
+
+    params, buffers, table = _model(cfg)
+    batch = _batch(cfg, 3)
+    rows = hrm.gather_puzzle_rows(cfg, table, batch["puzzle_identifiers"])
+    carry = hrm.reset_carry(hrm.initial_carry(cfg, 3), batch, buffers)
+    (z_H, z_L), logits, q_halt, _ = hrm.segment(params, cfg, carry.z_H, carry.z_L, batch["inputs"], rows)
+    assert z_H.dtype == z_L.dtype == logits.dtype == jnp.float64 and q_halt.dtype == jnp.float32
+    # rms_norm runs in float32 in the original, so the carry holds float32 values; the logits do not.
+    z = np.asarray(z_H)
+    np.testing.assert_array_equal(z.astype(np.float32).astype(np.float64), z)
+    logits = np.asarray(logits)
+    assert np.any(logits.astype(np.float32).astype(np.float64) != logits)

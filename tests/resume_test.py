@@ -588,7 +588,7 @@ def test_failed_save_keeps_earlier_checkpoints(reference, runs, env, data_dir, c
   workdir = tmp_path / "disk_full"
   run = runs(env, workdir, data_dir, TINY, script)
   assert run.wait() == 1, run.output
-  assert (f"error: saving checkpoint step 3 to {workdir / 'checkpoints'} failed: no space left on device. "
+  assert (f"error: saving checkpoint step 3 to {workdir / 'checkpoints'} failed: No space left on device. "
           "Earlier checkpoints are intact (the latest good step is 2; steps on disk: [1, 2])") in run.output
   assert "rerun the same command to resume" in run.output
   # Orbax's traceback of the failed commit is in run.log; the console holds the one-line error.
@@ -743,7 +743,7 @@ def test_full_tmpfs_during_a_save_keeps_earlier_checkpoints(reference, runs, env
   saved = committed_steps(workdir)
   assert 1 <= len(saved) < TOTAL_STEPS, (saved, run.output)
   errors = [l for l in run.output.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and "failed: no space left on device" in errors[0], run.output
+  assert len(errors) == 1 and "failed: No space left on device" in errors[0], run.output
   assert "Earlier checkpoints are intact" in errors[0]
   assert "Traceback" not in run.output  # Orbax's tracebacks went to run.log
   for step in saved:

@@ -184,9 +184,22 @@ def _without_exploration(head: ACTLossHead) -> None:
   head.model.config = dataclasses.replace(head.model.config, halt_exploration_prob=0.0)
 
 
+# Float arrays are saved as float32, or as float64 for a float64 model (as the original's float64 fixture:
+# values the original holds in float32 are then exact upcasts). Set by `compute_reference`.
+_SAVE_DTYPE = [torch.float32]
+
+
 def _f32(t: torch.Tensor) -> np.ndarray:
   # A copy: .numpy() of an fp32 tensor aliases its storage, which later steps update in place.
-  return t.detach().to(torch.float32).cpu().numpy().copy()
+  return t.detach().to(_SAVE_DTYPE[0]).cpu().numpy().copy()
+
+
+def _native(t: torch.Tensor) -> np.ndarray:
+  """Loss-head outputs in their own dtype (float ones widened to float64 for a float64 model)."""
+  t = t.detach()
+  if t.is_floating_point() and _SAVE_DTYPE[0] == torch.float64:
+    t = t.to(torch.float64)
+  return t.cpu().numpy().copy()
 
 
 def _stats(t: torch.Tensor) -> np.ndarray:
@@ -311,9 +324,9 @@ def _trajectory(head: ACTLossHead, traj_batches: Sequence[Batch]) -> Dict[str, n
         carry=carry, batch=batch)
     (loss / batch_size).backward()
 
-    out[p + "loss"] = loss.detach().numpy().copy()
+    out[p + "loss"] = _native(loss)
     for name, value in metrics.items():
-      out[p + "metric_" + name] = value.detach().numpy().copy()
+      out[p + "metric_" + name] = _native(value)
     out[p + "halted"] = carry.halted.numpy().copy()
     out[p + "steps"] = carry.steps.numpy().copy()
     for key in BATCH_KEYS:
@@ -376,6 +389,7 @@ def compute_reference(head: ACTLossHead, batches: FixtureBatches) -> Dict[str, n
     _check_batch(b, cfg, f"trajectory call {i}")
   initial_state = copy.deepcopy(head.state_dict())
   original_config = head.model.config
+  _SAVE_DTYPE[0] = torch.float64 if cfg.forward_dtype == "float64" else torch.float32
   try:
     fixed = _to_torch(batches.fixed)
     arrays = {k: v.numpy().copy() for k, v in fixed.items()}
@@ -520,7 +534,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--config", required=True,
                       help="model_cfg as inline JSON or a JSON file path")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--forward-dtype", choices=["float32", "bfloat16"], default=None)
+  parser.add_argument("--forward-dtype", choices=["float32", "bfloat16", "float64"], default=None)
   parser.add_argument("--loss-type", choices=list(LOSS_TYPES), default="stablemax_cross_entropy")
   parser.add_argument("--checkpoint", default=None,
                       help="use this pretrain.py checkpoint instead of a fresh init")

@@ -2,6 +2,7 @@
 
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/float32
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/bfloat16
+  python -m tools.parity ../shared/fixtures/hrm_original/tiny/float64     # runs with 64-bit JAX
   python -m tools.parity ../shared/fixtures/trm_original/tiny/float32     # TRM (also bfloat16, float64)
 
 FIXTURE_DIR holds checkpoint_dir/step_0, checkpoint_dir/all_config.yaml, model_cfg.json and reference.npz
@@ -10,18 +11,17 @@ array of reference.npz is recomputed, and each is compared:
 
   relative error of an array = max|hrm_jax - original| / max|original|
 
-Tolerances (float32 forward): outputs, losses and metrics 1e-5; gradients 1e-4; updated parameters 1e-5;
-integer and boolean arrays (halted, steps, current data, counts) exactly; outputs and gradients of training
-calls 1 and 2 (after optimiser updates) x2.5 and x5 (`FP32_TRAJ_FACTOR`). bfloat16 forward: see
-`TOLERANCES`; BUILD.md explains them.
-Rounding noise compounds through the recurrence, so each tolerance also widens to 3x the spread between our
-result and equally valid variants of it (attention normalised before the cast; in bf16 also H_init/L_init
-nudged by one ulp) wherever that spread is larger: it never loosens a shallow array (on the tiny float32
-fixture every spread is far below the tolerance) and keeps deep fixtures from failing on rounding alone.
+Tolerances come from tools/tolerance.py, the one policy the tests use too: each array's tolerance is
+FACTOR x its measured rounding spread (the torch reference recomputing the fixture under rounding variants),
+never a fixed constant; float64 fixtures are held to 1e-9 except where the original's own float32 steps
+spread an array further (each such array is printed with the float32 step that explains it). Integer and
+boolean arrays (halted, steps, current data, counts) must match exactly; a scalar count may differ by as
+much as the variants' counts differ.
 
 Sign-like updates (SignSGD, and AdamATan2 whose first steps are ~lr·sign(g)) turn a gradient that is zero up
 to rounding into a full-size step of either sign. Rule: a parameter element is sign-ambiguous when, at some
-step so far, the ORIGINAL gradient was within rounding noise of zero (|g| <= grad_tol · max|g| of its tensor;
+step so far, the ORIGINAL gradient was within rounding noise of zero (|g| <= the tolerance of that
+gradient array · max|g| of its tensor;
 for the puzzle table the duplicate-summed row gradient) AND hrm_jax's gradient had the other sign. Such an
 element is excluded from the relative-error check but must still lie within the largest possible total update
 of its starting value (2 · Σ_t lr/(1-β1^t) · π/2 for AdamATan2, 2 · t · lr for SignSGD, plus the decay), and
@@ -55,23 +55,8 @@ from hrm_jax.model import hrm
 from hrm_jax.model.losses import LossConfig, act_loss
 from hrm_jax.training import optim
 from hrm_jax.training import segment as segment_lib
+from tools import tolerance as tolerance_lib
 
-TOLERANCES = {
-    # kind: (float32 forward, bfloat16 forward after one segment)
-    "output": (1e-5, 6e-2),
-    "grad": (1e-4, 2.5e-1),
-    "param": (1e-5, 5e-2),
-}
-# bfloat16 only: rounding differences compound through the recurrence (the carry passes from segment to
-# segment), so free-running arrays after d segments get BF16_DEPTH_FACTOR[d] x the one-segment tolerance.
-# Measured on the tiny fixture: our two bf16 rounding variants drift 2%, 5%, 22%, 26% apart over eval
-# segments 1-4, and the PyTorch reference run on another CPU drifts 2%, 3%, 7%, 10% from the original.
-BF16_DEPTH_FACTOR = {1: 1.0, 2: 2.5, 3: 8.0}
-# float32 only: training-trajectory calls after the first run on parameters that one or two optimiser updates
-# have moved (they match the original's to ~1e-6) and on a carry kept from earlier calls. Measured on a deeper
-# random config (2x3 cycles, 2+3 layers, 5 segments) against the PyTorch reference: traj1 1.6e-5, traj2 4.3e-5.
-FP32_TRAJ_FACTOR = {0: 1.0, 1: 2.5, 2: 5.0}
-BF16_DEEP_COUNT_SLACK = 1  # threshold-based counts (q_halt_accuracy, ...) may flip one row from depth 3 on
 _NUM_TRAJ_CALLS = 3
 
 
@@ -87,7 +72,7 @@ class Result:
 
 @dataclasses.dataclass
 class _Record:
-  kind: str  # "exact", "stats", or a TOLERANCES key
+  kind: str  # "exact", "stats:<kind>", or "output" / "grad" / "param"
   value: np.ndarray
   ignore_mask: np.ndarray | None = None
   slack: np.ndarray | None = None
@@ -96,18 +81,15 @@ class _Record:
 class Comparer:
   """Records computed arrays by reference name; `judge` compares them against reference.npz."""
 
-  def __init__(self, reference: dict[str, np.ndarray], bf16: bool):
+  def __init__(self, reference: dict[str, np.ndarray], policy: tolerance_lib.Policy):
     self.reference = reference
-    self.column = 1 if bf16 else 0
+    self.policy = policy
     self.records: dict[str, _Record] = {}
+    # Count metrics of a threshold (q_halt >= 0): rows within tolerance of it may count either way.
+    self.threshold_slack: dict[str, int] = {}
 
-  def tolerance(self, kind: str, name: str = "") -> float:
-    tol = TOLERANCES[kind][self.column]
-    if self.column == 1:
-      tol *= BF16_DEPTH_FACTOR[min(_depth(name), 3)]
-    elif name.startswith("traj") and kind in ("output", "grad"):
-      tol *= FP32_TRAJ_FACTOR[min(_depth(name) - 1, 2)]
-    return tol
+  def tolerance(self, name: str) -> float:
+    return self.policy.tolerance(name)
 
   def exact(self, name: str, value) -> None:
     self.records[name] = _Record("exact", np.asarray(value))
@@ -120,43 +102,33 @@ class Comparer:
     self.records[name] = _Record("stats:" + kind, np.array([t.sum(), np.square(t).sum(), np.abs(t).max(),
                                                              t.size]))
 
-  def judge(self, variants: "list[Comparer]" = ()) -> list[Result]:
-    """Compares every record; tolerances widen to 3x the largest spread of `variants` where that is larger."""
+  def judge(self) -> list[Result]:
+    """Compares every record against the reference with the policy's tolerance."""
     results = []
     for name, rec in self.records.items():
       ref = self.reference[name]
       if rec.kind == "exact":
-        results.append(self._judge_exact(name, rec, ref, variants, self.column == 1))
+        results.append(self._judge_exact(name, rec, ref, max(self.policy.count_slack(name),
+                                                             self.threshold_slack.get(name, 0))))
         continue
       error, note, ok = self._error(rec, ref)
       kind = rec.kind.split(":")[-1]
-      tol = self.tolerance(kind, name)
-      spreads = [self._error(v.records[name], np.asarray(rec.value, np.float64), stats_ref=rec)[0]
-                 for v in variants if name in v.records]
-      if spreads:
-        spread = max(spreads)
-        if 3 * spread > tol:
-          tol = 3 * spread
-          note = (note + "; " if note else "") + f"noise floor {spread:.1e}"
+      tol = self.tolerance(name)
+      why = self.policy.explanation(name)
+      if why and error > tolerance_lib.FLOAT64_TARGET:
+        note = (note + "; " if note else "") + f"float32 in the original: {why}"
       results.append(Result(name, kind, error, tol, ok and error <= tol, note))
     return results
 
   @staticmethod
-  def _judge_exact(name, rec, ref, variants, bf16: bool) -> Result:
+  def _judge_exact(name, rec, ref, allowed: int) -> Result:
     value = rec.value
     if value.shape != ref.shape:
       return Result(name, "exact", float("inf"), 0.0, False, f"shape {value.shape} != {ref.shape}")
     mismatches = int(np.sum(value.astype(ref.dtype) != ref))
-    allowed = 0
-    note = ""
-    if ref.ndim == 0 and np.issubdtype(ref.dtype, np.number):
-      # A count metric that flips between bf16 rounding variants of our own model is noise-sensitive.
-      allowed = int(max([abs(float(v.records[name].value) - float(value)) for v in variants
-                         if name in v.records] or [0]))
-      if bf16 and _depth(name) >= 3 and "metric_" in name:
-        allowed = max(allowed, BF16_DEEP_COUNT_SLACK)
-      if allowed:
-        note = f"noise floor ±{allowed}"
+    if not (ref.ndim == 0 and np.issubdtype(ref.dtype, np.number)):
+      allowed = 0
+    note = f"noise floor ±{allowed}" if allowed else ""
     diff = float(np.max(np.abs(value.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
     ok = mismatches == 0 or (ref.ndim == 0 and diff <= allowed)
     if not ok and ref.size <= 16:
@@ -164,37 +136,23 @@ class Comparer:
     return Result(name, "exact", float(mismatches), float(allowed), ok, note)
 
   @staticmethod
-  def _error(rec: _Record, ref, stats_ref: "_Record | None" = None) -> tuple[float, str, bool]:
+  def _error(rec: _Record, ref) -> tuple[float, str, bool]:
     if rec.kind.startswith("stats:"):
-      got = rec.value
-      if stats_ref is not None:
-        ref = stats_ref.value
-      n = got[3]
-      sum_scale = max(np.sqrt(ref[1] * n), 1e-30)  # a sum may cancel to ~0: use the tensor's L2 scale
-      errors = [abs(got[0] - ref[0]) / sum_scale, abs(got[1] - ref[1]) / max(ref[1], 1e-30) / 2,
-                abs(got[2] - ref[2]) / max(ref[2], 1e-30)]
-      return float(max(errors)), "", True
+      return tolerance_lib.relative_error(rec.value, ref, stats=True), "", bool(np.all(np.isfinite(rec.value)))
     ref = np.asarray(ref, np.float64)
     if rec.value.size != ref.size:
       return float("inf"), f"shape {rec.value.shape} != {ref.shape}", False
     value = rec.value.reshape(ref.shape)
-    scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-30)
     diff = np.abs(value - ref)
     note = ""
     ok = bool(np.all(np.isfinite(value)))
-    if rec.ignore_mask is not None and stats_ref is None and np.any(rec.ignore_mask):
+    if rec.ignore_mask is not None and np.any(rec.ignore_mask):
       ambiguous = np.asarray(rec.ignore_mask, bool)
       within = bool(np.all(diff[ambiguous] <= rec.slack[ambiguous] * (1 + 1e-6) + 1e-12))
       note = f"{int(ambiguous.sum())} sign-ambiguous element(s) {'within' if within else 'OUTSIDE'} bound"
       ok = ok and within
-      diff = np.where(ambiguous, 0.0, diff)
-    return (float(np.max(diff)) / scale if diff.size else 0.0), note, ok
-
-
-def _depth(name: str) -> int:
-  """How many ACT segments the carry behind an array has gone through (1 for single-segment arrays)."""
-  match = re.match(r"(?:eval_step|traj)(\d+)_", name)
-  return int(match.group(1)) + 1 if match else 1
+      value = np.where(ambiguous, ref, value)
+    return tolerance_lib.relative_error(value, ref), note, ok
 
 
 def _load_fixture(fixture_dir: pathlib.Path):
@@ -225,40 +183,35 @@ def _original_keys(params, cfg):
   return state
 
 
-def run_parity(fixture_dir: pathlib.Path) -> tuple[list[Result], list[str]]:
-  """Recomputes every known array of the fixture and judges it; returns (results, unknown array names)."""
-  with jax.enable_x64(_load_fixture(fixture_dir)[0].forward_dtype == "float64"):
-    return _run_parity(fixture_dir)
+def run_parity(fixture_dir: pathlib.Path, policy: tolerance_lib.Policy | None = None
+               ) -> tuple[list[Result], list[str]]:
+  """Recomputes every known array of the fixture and judges it; returns (results, unknown array names).
 
-
-def _run_parity(fixture_dir: pathlib.Path) -> tuple[list[Result], list[str]]:
-  cfg, converted, all_config, ref = _load_fixture(fixture_dir)
-  bf16 = cfg.forward_dtype == "bfloat16"
-  cmp = _compute(cfg, converted, all_config, ref)
-  # Equally valid computations whose distance from ours measures each array's rounding noise floor, which
-  # grows with the number of recurrent segments: attention normalised before the cast (the order of
-  # jax.nn.dot_product_attention), and in bf16 also H_init/L_init moved by one bf16 ulp in a quarter of
-  # their elements. A tolerance widens to 3x the largest spread only where that exceeds it.
-  variants = [_compute(cfg, converted, all_config, ref, nudge_buffers=True)]
-  if bf16:
-    variants.append(_compute(cfg.replace(attention_impl="jax"), converted, all_config, ref))
+  `policy` (tools.tolerance.measure of this fixture) is measured here when not given. A float64 fixture
+  runs with 64-bit JAX enabled for this call only (a thread-local switch; other code keeps float32).
+  """
+  fixture_dir = pathlib.Path(fixture_dir)
+  if policy is None:
+    policy = tolerance_lib.measure(fixture_dir)
+  forward_dtype = json.loads((fixture_dir / "model_cfg.json").read_text()).get("forward_dtype")
+  with jax.enable_x64(forward_dtype == "float64"):
+    cfg, converted, all_config, ref = _load_fixture(fixture_dir)
+    cmp = _compute(cfg, converted, all_config, ref, policy)
   unknown = sorted(set(ref) - set(cmp.records) - _bookkeeping_names(ref))
-  return cmp.judge(variants), unknown
+  return cmp.judge(), unknown
 
 
 def _nudge_one_ulp(x: np.ndarray, seed: int) -> np.ndarray:
+  """A quarter of the elements (chosen by `seed`) moved to the next representable value away from zero."""
   x = np.asarray(x)
   chosen = np.random.default_rng(seed).random(x.shape) < 0.25
   bits = x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize]).copy()
-  bits[chosen] += 1  # the next representable value away from zero
+  bits[chosen] += 1
   return bits.view(x.dtype)
 
 
-def _compute(cfg, converted, all_config, ref, nudge_buffers: bool = False) -> Comparer:
-  cmp = Comparer(ref, cfg.forward_dtype == "bfloat16")
-  if nudge_buffers:
-    converted = dataclasses.replace(converted, buffers={
-        name: _nudge_one_ulp(value, seed) for seed, (name, value) in enumerate(converted.buffers.items())})
+def _compute(cfg, converted, all_config, ref, policy: tolerance_lib.Policy) -> Comparer:
+  cmp = Comparer(ref, policy)
   loss_cfg = LossConfig(loss_type=converted.loss_type or "stablemax_cross_entropy")
   params = jax.tree.map(jnp.asarray, converted.params)
   buffers = jax.tree.map(jnp.asarray, converted.buffers)
@@ -292,7 +245,6 @@ def _compute(cfg, converted, all_config, ref, nudge_buffers: bool = False) -> Co
   cmp.close("train_loss", total)
   cmp.exact("train_halted", new_carry.halted)
   _compare_metrics(cmp, "train_metric_", metrics)
-  grad_tol = cmp.tolerance("grad")
   for key, value in _original_keys(grads, cfg).items():
     if f"grad__{key}" in ref:
       cmp.close(f"grad__{key}", value, "grad")
@@ -304,7 +256,8 @@ def _compute(cfg, converted, all_config, ref, nudge_buffers: bool = False) -> Co
                                             lr_emb, wd_emb)
     ambiguous, slack = _signsgd_ambiguity(ref, "grad__puzzle_emb.local_weights",
                                           np.asarray(carry.current_data["puzzle_identifiers"]), row_grads,
-                                          np.asarray(table), grad_tol, lr_emb, wd_emb, steps=1)
+                                          np.asarray(table), cmp.tolerance("grad__puzzle_emb.local_weights"),
+                                          lr_emb, wd_emb, steps=1)
     cmp.close("puzzle_emb_weights_after_signsgd", new_table, "param", ambiguous, slack)
 
   extras = None
@@ -361,7 +314,7 @@ def _compare_preds(cmp: Comparer, name: str, logits) -> None:
   ours = np.asarray(jnp.argmax(logits, axis=-1))
   gap = np.abs(np.take_along_axis(ref_logits, ours[..., None], -1)
                - np.take_along_axis(ref_logits, ref_preds[..., None].astype(np.int64), -1))[..., 0]
-  tied = gap <= cmp.tolerance("output", name) * np.max(np.abs(ref_logits))
+  tied = gap <= cmp.tolerance(name[:-len("preds")] + "logits") * np.max(np.abs(ref_logits))
   cmp.exact(name, np.where(tied, ref_preds, ours))
 
 
@@ -380,8 +333,19 @@ def _compare_metrics(cmp: Comparer, prefix: str, metrics) -> None:
     if np.issubdtype(cmp.reference[key].dtype, np.integer) or name in ("count", "exact_accuracy",
                                                                            "q_halt_accuracy", "steps"):
       cmp.exact(key, np.asarray(value).astype(np.int64))
+      if name == "q_halt_accuracy":
+        cmp.threshold_slack[key] = _rows_near_zero(cmp, prefix.replace("metric_", "q_halt"))
     else:
       cmp.close(key, value)
+
+
+def _rows_near_zero(cmp: Comparer, q_name: str) -> int:
+  """Rows whose q_halt lies within its tolerance of the q_halt >= 0 threshold (their count may flip)."""
+  q = cmp.reference.get(q_name)
+  if q is None:
+    return 0
+  q = np.asarray(q, np.float64)
+  return int(np.sum(np.abs(q) <= cmp.tolerance(q_name) * max(float(np.abs(q).max()), 1e-30)))
 
 
 def _sign_flips(ours, reference, grad_tol):
@@ -428,7 +392,6 @@ def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, 
       optim.sparse_signsgd(optim.make_lr_schedule(lr_emb, warmup_steps=warmup, total_steps=total_steps,
                                                   min_ratio=min_ratio), wd_emb))
   opt_state = optimizer.init(optim.WithPuzzleEmb(params, table))
-  grad_tol = cmp.tolerance("grad")
   batch_size = int(ref["traj0_batch_inputs"].shape[0])
   carry = hrm.initial_carry(cfg, batch_size)
   # Elements whose reference gradient was ~0 at some step (their update direction is undetermined).
@@ -477,7 +440,8 @@ def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, 
       cmp.exact(p + "local_ids", ids)
       cmp.close(p + "grad__puzzle_emb.local_weights", row_grads, "grad")
       amb, _ = _signsgd_ambiguity(ref, p + "grad__puzzle_emb.local_weights", np.asarray(ids), row_grads,
-                                  np.asarray(table), grad_tol, lr_emb, wd_emb, 1)
+                                  np.asarray(table), cmp.tolerance(p + "grad__puzzle_emb.local_weights"),
+                                  lr_emb, wd_emb, 1)
       ambiguous_table |= amb
       sparse_grads = optim.SparseRowGrads(ids, row_grads)
     else:
@@ -498,7 +462,8 @@ def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, 
       ref_grad = ref.get(p + "grad__" + key)
       if ref_grad is not None:
         our_grad = np.asarray(grads_orig[key])
-        flips = _sign_flips(our_grad[rows_kept] if rows_kept is not None else our_grad, ref_grad, grad_tol)
+        flips = _sign_flips(our_grad[rows_kept] if rows_kept is not None else our_grad, ref_grad,
+                            cmp.tolerance(p + "grad__" + key))
         ambiguous_dense[key] = ambiguous_dense.get(key, np.zeros_like(flips)) | flips
       if p + "param__" + key in ref:
         start = params_start[key][rows_kept] if rows_kept is not None else params_start[key]

@@ -79,7 +79,6 @@ class TRMExtras:
     converted = torch_checkpoint.load_original_checkpoint(step_3, seq_len=self.cfg.seq_len)
     params = jax.tree.map(jnp.asarray, converted.params)
     table = jnp.asarray(converted.puzzle_table) if converted.puzzle_table is not None else None
-    # H_init/L_init never train: the EMA copy's are the live ones, so a noise-floor variant's nudged
-    # buffers (self.buffers) apply here too.
+    # H_init/L_init never train: the EMA copy's buffers are the live ones (self.buffers).
     parity.eval_loop(self.cmp, "ema_eval_step", converted.model_config, self.loss_cfg, params, self.buffers,
                      table, self.batch)

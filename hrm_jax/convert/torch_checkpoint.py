@@ -207,8 +207,8 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
       "vocab_size": int(vocab_size), "hidden_size": int(hidden),
       "H_layers": len(layer_ids["H"]), "L_layers": len(layer_ids["L"]),
       "pos_encodings": "learned" if "embed_pos.embedding_weight" in state else "rope",
-      "forward_dtype": "bfloat16" if state.get("H_init", np.zeros(1, np.float32)).dtype == ml_dtypes.bfloat16
-                       else "float32",
+      "forward_dtype": {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float64): "float64"}.get(
+          np.dtype(state.get("H_init", np.zeros(1, np.float32)).dtype), "float32"),
   }
   if "puzzle_emb.weights" in state:
     num_ids, ndim = state["puzzle_emb.weights"].shape

@@ -6,10 +6,11 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 
 POS_ENCODINGS = ("rope", "learned")
-FORWARD_DTYPES = ("float32", "bfloat16")
+FORWARD_DTYPES = ("float32", "bfloat16", "float64")  # float64 needs jax_enable_x64 (see `needs_x64`)
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "jax")
 # "auto" uses the blockwise attention from this many positions on (below it the scores are small and the
@@ -93,6 +94,8 @@ class ModelConfig:
       return self.attention_impl
     if platform == "gpu" and self.forward_dtype == "bfloat16" and self.head_dim % 8 == 0 and self.head_dim <= 128:
       return "cudnn"
+    if self.forward_dtype == "float64":
+      return "xla"  # the only implementation with float64 scores (the original's float64 path)
     return "blockwise" if length >= BLOCKWISE_MIN_LEN else "xla"
 
   @property
@@ -117,6 +120,18 @@ class ModelConfig:
   @property
   def dtype(self) -> jnp.dtype:
     return jnp.dtype(self.forward_dtype)
+
+  @property
+  def needs_x64(self) -> bool:
+    """float64 forward runs need `jax.config.update("jax_enable_x64", True)` before any JAX computation."""
+    return self.forward_dtype == "float64"
+
+  def check_x64(self) -> None:
+    """Raises when the config needs x64 but JAX would silently compute float64 arrays in float32."""
+    if self.needs_x64 and not jax.config.jax_enable_x64:
+      raise ValueError("forward_dtype='float64' needs 64-bit JAX: call "
+                       "jax.config.update('jax_enable_x64', True) at start-up (hrm_jax.main and "
+                       "tools.parity do this for float64 configs)")
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)

@@ -38,6 +38,7 @@ class HRMInner(nn.Module):
 
   def setup_embeddings_and_heads(self):
     cfg = self.config
+    cfg.check_x64()
     init_std = 1.0 / cfg.hidden_size ** 0.5
     self.embed_tokens = layers.CastedEmbed(cfg.vocab_size, cfg.hidden_size, cfg.dtype, init_std)
     self.lm_head = layers.CastedDense(cfg.vocab_size)

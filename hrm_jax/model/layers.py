@@ -40,6 +40,11 @@ def lecun_trunc_normal_init(key, shape, dtype=jnp.float32):
   return trunc_normal_init(1.0 / np.sqrt(shape[0]))(key, shape, dtype)
 
 
+def _accum_dtype(dtype) -> jnp.dtype:
+  """float32 for bfloat16/float32 inputs, float64 for float64 (the original's float64 path has no float32 step)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _precision(dtype) -> jax.lax.Precision | None:
   # float32 models must not silently run matmuls in TF32 on GPUs (PyTorch does not).
   return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
@@ -112,16 +117,16 @@ def attention_xla(q_BxTxNxH: jax.Array, k_BxSxNxH: jax.Array, v_BxSxNxH: jax.Arr
   In bfloat16 this reproduces the original (flash-attn on GPU, PyTorch's fused CPU kernel) more closely
   than normalising before the cast, as `jax.nn.dot_product_attention` does.
   """
-  scale = 1.0 / np.sqrt(q_BxTxNxH.shape[-1])
+  scale = 1.0 / float(np.sqrt(q_BxTxNxH.shape[-1]))
   precision = _precision(q_BxTxNxH.dtype)
-  accumulate = jnp.promote_types(q_BxTxNxH.dtype, jnp.float32)
+  accum = _accum_dtype(q_BxTxNxH.dtype)
   scores_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH, precision=precision,
-                              preferred_element_type=accumulate) * scale
+                              preferred_element_type=accum) * scale
   scores_BxNxTxS = scores_BxNxTxS - jax.lax.stop_gradient(jnp.max(scores_BxNxTxS, axis=-1, keepdims=True))
   exp_BxNxTxS = jnp.exp(scores_BxNxTxS)
   denom_BxNxT = jnp.sum(exp_BxNxTxS, axis=-1)
   out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", exp_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH,
-                           precision=precision, preferred_element_type=accumulate)
+                           precision=precision, preferred_element_type=accum)
   out_BxTxNxH = out_BxTxNxH / jnp.transpose(denom_BxNxT, (0, 2, 1))[..., None]
   return out_BxTxNxH.astype(v_BxSxNxH.dtype)
 
@@ -278,8 +283,8 @@ class SwiGLU(nn.Module):
     size = self.config.hidden_size if self.size is None else self.size
     width = swiglu_width(self.config.expansion, size)
     gate, up = jnp.split(CastedDense(2 * width, name="gate_up_proj")(x), 2, axis=-1)
-    # SiLU in (at least) float32 with one rounding, as PyTorch computes it for bfloat16 inputs.
-    activated = jax.nn.silu(gate.astype(jnp.promote_types(gate.dtype, jnp.float32))).astype(gate.dtype)
+    # SiLU in float32 with one rounding, as PyTorch computes it for bfloat16 inputs (float64 stays float64).
+    activated = jax.nn.silu(gate.astype(_accum_dtype(gate.dtype))).astype(gate.dtype)
     return CastedDense(size, name="down_proj")(activated * up)
 
 

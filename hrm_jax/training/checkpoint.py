@@ -299,7 +299,7 @@ class Checkpointer:
             else "there is no earlier checkpoint")
     text = " ".join(str(e) for e in _chain(error))
     disk_full = "No space left on device" in text or "os_error_code='28'" in text
-    cause = "no space left on device" if disk_full else summarize_error(error)
+    cause = "No space left on device" if disk_full else summarize_error(error)
     fix = ("free disk space or fix write permission on the directory"
            if disk_full or isinstance(error, OSError) else "see the log")
     return CheckpointSaveError(

@@ -30,8 +30,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from hrm_jax import config as config_lib
 from hrm_jax.data import format as data_format
 from hrm_jax.data import pipeline
-from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.evaluation import evaluate as eval_lib
+from hrm_jax.training import checkpoint as ckpt_lib
 from hrm_jax.training import flops as flops_lib
 from hrm_jax.training import memory as memory_lib
 from hrm_jax.training import reporting
@@ -96,6 +96,8 @@ class _Prefetcher:
 
   def close(self):
     self._stop.set()
+    # Let the thread finish its batch: a daemon thread still inside JAX at interpreter exit can abort it.
+    self._thread.join(timeout=30)
 
 
 # ==========================================================================================================
@@ -367,7 +369,18 @@ def _train_loop(run: Run, programs: Programs, checkpointer, reporters: Reporters
                         "the dataset's train split.") from None
   finally:
     prefetcher.close()
-  return "finished", f"Finished {plan.total_steps:,} steps.", last_full
+  return "finished", f"Finished {plan.total_steps:,} steps.{_last_and_best(last_full, record)}", last_full
+
+
+def _last_and_best(last: dict[str, Any] | None, record) -> str:
+  """The last full evaluation beside the best checkpoint's (the checkpointer keeps the best by exact accuracy)."""
+  if last is None:
+    return ""
+  line = (f" Last evaluation (step {record.last_full_step}): {last['exact_accuracy']:.2%} exact, "
+          f"{last['accuracy']:.2%} token accuracy.")
+  if record.best_exact is not None and record.best_step is not None:
+    line += f" Best checkpoint (step {record.best_step}): {record.best_exact:.2%} exact."
+  return line
 
 
 # ==========================================================================================================

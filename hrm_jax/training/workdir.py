@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -233,9 +234,18 @@ def library_log(workdir: pathlib.Path, name: str = LOG_FILE) -> Iterator[pathlib
     root.addHandler(file_handler)
   root.addHandler(console)
   logging.captureWarnings(True)  # libraries' warnings (torch, orbax) go to the file too
+  # Errors raised in library threads and callbacks (TensorStore's, after a failed save) go there too.
+  library = logging.getLogger("library")
+  hooks = sys.excepthook, sys.unraisablehook, threading.excepthook
+  sys.excepthook = lambda *info: library.error("uncaught error", exc_info=info)
+  sys.unraisablehook = lambda u: library.error("unraisable error in %r", u.object,
+                                               exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
+  threading.excepthook = lambda a: library.error("error in thread %s", a.thread,
+                                                 exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
   try:
     yield workdir / name if file_handler is not None else None
   finally:
+    sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
     logging.captureWarnings(False)
     root.removeHandler(console)
     if file_handler is not None:

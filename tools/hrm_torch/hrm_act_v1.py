@@ -19,7 +19,8 @@ from tools.hrm_torch.sparse_embedding import CastedSparseEmbedding
 
 Batch = Dict[str, torch.Tensor]
 
-_FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                 "float64": torch.float64}
 
 
 @dataclasses.dataclass(frozen=True)
