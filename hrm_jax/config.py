@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- model (HRM-ACT-v1; vocab_size, seq_len, num_puzzle_identifiers come from the dataset) ---------
   c.model = ml_collections.ConfigDict()
+  c.model.arch = "hrm_v1"  # "hrm_v1" | "trm" (configs/trm_*.py add TRM's fields: mlp_t, puzzle_emb_len, ...)
   c.model.hidden_size = 512  # width of every layer
   c.model.num_heads = 8  # attention heads (head size = hidden_size / num_heads)
   c.model.expansion = 4.0  # SwiGLU width = 256 * ceil(round(expansion * hidden * 2/3) / 256)
@@ -75,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm (the original does not)
   c.optimizer.puzzle_emb_lr = 1e-2  # peak learning rate of the puzzle embedding (sparse SignSGD)
   c.optimizer.puzzle_emb_weight_decay = 0.1  # weight decay of the puzzle embedding rows
+  # EMA of the dense weights (TRM's; the original HRM has none): shadow = (1-rate)*w + rate*shadow after each
+  # step; evaluation (and export of the run's weights) then uses the shadow. Saved in every checkpoint.
+  c.ema = False
+  c.ema_rate = 0.999
 
   # ---- evaluation ------------------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
@@ -172,6 +177,8 @@ def problems(c: ml_collections.ConfigDict) -> list[str]:
     need(c.eval[key] >= 0, f"eval.{key}", "must be >= 0")
   need(math.isfinite(c.eval.full_on_fast_gain), "eval.full_on_fast_gain", "must be a finite number")
   need(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
+  need(math.isfinite(c.ema_rate) and 0 <= c.ema_rate < 1, "ema_rate",
+       "must lie in [0, 1) (the original's is 0.999; 0 makes the EMA the weights themselves)")
   need(c.checkpoint.max_to_keep >= 1, "checkpoint.max_to_keep", "must be >= 1")
   need(c.log.every_steps >= 1, "log.every_steps", "must be >= 1")
   need(0 < c.log.status_every_s <= 30, "log.status_every_s", "must lie in (0, 30] seconds")

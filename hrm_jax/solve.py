@@ -30,8 +30,8 @@ WRONG_ANSWER = 3
 @functools.lru_cache(maxsize=8)
 def _jitted_infer(cfg, halt_max_steps, early_halt):
   import jax  # pylint: disable=import-outside-toplevel
-  from hrm_jax.model import hrm  # pylint: disable=import-outside-toplevel
-  return jax.jit(lambda p, b, t, x: hrm.infer(p, b, cfg, t, x, halt_on_q=early_halt, halt_max_steps=halt_max_steps))
+  from hrm_jax.model import arch  # pylint: disable=import-outside-toplevel
+  return jax.jit(lambda p, b, t, x: arch.model_for(cfg).infer(p, b, cfg, t, x, halt_on_q=early_halt, halt_max_steps=halt_max_steps))
 
 
 def _infer(model, inputs_BxS: np.ndarray, puzzle_ids_B: np.ndarray, halt_max_steps, early_halt):

@@ -94,14 +94,15 @@ def write_dataset(path: pathlib.Path, num_identifiers: int, puzzles_per_id: int 
   return path
 
 
-def flags(data_dir: pathlib.Path, overrides: dict[str, Any]) -> list[str]:
-  return ["--config=configs/demo.py:smoke", f"--config.data_dir={data_dir}"] + [
+def flags(data_dir: pathlib.Path, overrides: dict[str, Any], config_file: str = "configs/demo.py") -> list[str]:
+  return [f"--config={config_file}:smoke", f"--config.data_dir={data_dir}"] + [
       f"--config.{k}={v}" for k, v in overrides.items()]
 
 
-def load_config(data_dir: pathlib.Path, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The ConfigDict the CLI builds from `flags(data_dir, overrides)`."""
-  spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / "configs" / "demo.py")
+def load_config(data_dir: pathlib.Path, overrides: dict[str, Any],
+                config_file: str = "configs/demo.py") -> ml_collections.ConfigDict:
+  """The ConfigDict the CLI builds from `flags(data_dir, overrides, config_file)`."""
+  spec = importlib.util.spec_from_file_location("demo_config", REPO_ROOT / config_file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("smoke")
@@ -113,14 +114,15 @@ class Run:
   """One CLI process; stdout and stderr go to a log file that the test can read while it runs."""
 
   def __init__(self, env: dict[str, str], workdir: pathlib.Path, data_dir: pathlib.Path,
-               overrides: dict[str, Any], script: pathlib.Path | None = None):
+               overrides: dict[str, Any], script: pathlib.Path | None = None,
+               config_file: str = "configs/demo.py"):
     self.workdir = workdir
     workdir.parent.mkdir(parents=True, exist_ok=True)
     self.log_path = workdir.parent / f"{workdir.name}.{time.monotonic_ns()}.log"
     self._log = open(self.log_path, "w")
     program = [str(script)] if script else ["-m", "hrm_jax.main"]
     self.proc = subprocess.Popen(
-        [sys.executable] + program + [f"--workdir={workdir}"] + flags(data_dir, overrides),
+        [sys.executable] + program + [f"--workdir={workdir}"] + flags(data_dir, overrides, config_file),
         cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
     self.started = time.monotonic()
 
@@ -184,7 +186,8 @@ def abstract_state(config: ml_collections.ConfigDict):
   meta = data_format.load_metadata(config.data_dir, "train")
   cfg = train.model_config_from(config, meta)
   dense_opt, _, _ = train.make_optimizers(config, train.plan_run(config, meta))
-  return jax.eval_shape(lambda: create_train_state(cfg, dense_opt, config.global_batch_size, config.seed))
+  return jax.eval_shape(lambda: create_train_state(cfg, dense_opt, config.global_batch_size, config.seed,
+                                                   ema=config.ema))
 
 
 def restore(workdir: pathlib.Path, config: ml_collections.ConfigDict, step: int) -> ckpt_lib.Restored:
@@ -301,9 +304,16 @@ def runs():
 # ==========================================================================================================
 def test_sigkill_three_times_ends_bitwise_equal_to_uninterrupted_run(reference, runs, env, data_dir, config,
                                                                       tmp_path):
-  rng = random.Random(KILL_SEED)
   workdir = tmp_path / "killed"
-  start = lambda: runs(env, workdir, data_dir, TINY)
+  kill_three_times_then_finish(lambda: runs(env, workdir, data_dir, TINY), workdir)
+  assert_same_run_state(workdir, reference, config)
+  assert_losses_match_reference(workdir, reference)
+
+
+def kill_three_times_then_finish(start: Callable[[], Run], workdir: pathlib.Path) -> None:
+  """SIGKILLs runs of `start()` at a random instant, after random steps and during an async save, then runs
+  the same command to the end (also used for TRM in trm_resume_test.py)."""
+  rng = random.Random(KILL_SEED)
   kills = []
 
   # Kill 1: a random instant after start (start-up, compilation or the first steps).
@@ -353,9 +363,6 @@ def test_sigkill_three_times_ends_bitwise_equal_to_uninterrupted_run(reference, 
   assert "Resuming run" in run.output
   assert not save_dirs_in_flight(workdir), "the half-written save was not cleaned up"
   assert unfinished in committed_steps(workdir), "the step killed mid-save was not saved again"
-
-  assert_same_run_state(workdir, reference, config)
-  assert_losses_match_reference(workdir, reference)
   print(f"kills (kind, exit code, committed steps after it): {kills}")
 
 

@@ -3,6 +3,7 @@ r"""Speed of hrm_jax against the PyTorch reference of the original HRM, side by 
   python -m tools.benchmark --config tiny --what train,eval --json /tmp/bench_tiny.json
   python -m tools.benchmark --config small --steps 30 --warmup 3
   python -m tools.benchmark --config paper-sudoku            # meant for a GPU (warns on CPU)
+  python -m tools.benchmark --config tiny --arch trm          # TRM against tools/trm_torch
 
 What is timed (both frameworks start from the SAME weights, converted from hrm_jax's init, and see the
 same batches):
@@ -55,6 +56,7 @@ from hrm_jax.training import flops as flops_lib  # pylint: disable=wrong-import-
 from hrm_jax.training import optim  # pylint: disable=wrong-import-position
 from hrm_jax.training.train_step import (  # pylint: disable=wrong-import-position
     StepConfig, create_train_state, make_train_step)
+from tools import trm_torch  # pylint: disable=wrong-import-position
 from tools.hrm_torch import (  # pylint: disable=wrong-import-position
     AdamATan2, CastedSparseEmbeddingSignSGD, build_loss_head, load_into_loss_head)
 
@@ -107,13 +109,17 @@ class BenchmarkError(ValueError):
 # Setup: configs, data, devices
 # --------------------------------------------------------------------------------------------------------
 def model_config(bench: BenchConfig, forward_dtype: str | None = None,
-                 attention_impl: str | None = None) -> ModelConfig:
-  return ModelConfig(
+                 attention_impl: str | None = None, arch: str = "hrm_v1") -> ModelConfig:
+  """HRM of the bench's shape; arch="trm": TRM's defaults (2 layers, H 3 / L 6, 16-slot prefix) at its width."""
+  fields = dict(
       vocab_size=bench.vocab_size, seq_len=bench.seq_len, hidden_size=bench.hidden_size,
       num_heads=bench.num_heads, H_layers=bench.H_layers, L_layers=bench.L_layers,
       puzzle_emb_ndim=bench.hidden_size if bench.puzzle_emb_ndim is None else bench.puzzle_emb_ndim,
       num_puzzle_identifiers=bench.num_puzzle_identifiers,
       forward_dtype=forward_dtype or bench.forward_dtype, attention_impl=attention_impl or bench.attention_impl)
+  if arch == "trm":
+    fields.update(arch="trm", H_layers=0, L_layers=2, H_cycles=3, L_cycles=6)
+  return ModelConfig.from_dict(fields)
 
 
 def torch_model_config(cfg: ModelConfig, batch_size: int) -> dict[str, Any]:
@@ -121,6 +127,8 @@ def torch_model_config(cfg: ModelConfig, batch_size: int) -> dict[str, Any]:
   fields = ("seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles", "H_layers",
             "L_layers", "hidden_size", "expansion", "num_heads", "pos_encodings", "halt_max_steps",
             "halt_exploration_prob", "puzzle_emb_ndim", "rms_norm_eps", "rope_theta", "forward_dtype")
+  if cfg.arch == "trm":
+    fields += ("mlp_t", "puzzle_emb_len", "no_ACT_continue")
   return dict({name: getattr(cfg, name) for name in fields}, batch_size=batch_size, causal=False)
 
 
@@ -381,8 +389,9 @@ class TorchEval:
 
 def _torch_head(cfg: ModelConfig, batch_size: int, initial_weights, device: torch.device):
   params, buffers, table = initial_weights
+  build = trm_torch.build_loss_head if cfg.arch == "trm" else build_loss_head
   with torch.device(device):
-    head = build_loss_head(torch_model_config(cfg, batch_size))
+    head = build(torch_model_config(cfg, batch_size))
   load_into_loss_head(head, torch_checkpoint.to_torch_state_dict(params, buffers, table, cfg))
   return head
 
@@ -504,6 +513,8 @@ def run_one(what: str, cfg: ModelConfig, batch_size: int, *, steps: int, warmup:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
+  parser.add_argument("--arch", choices=["hrm_v1", "trm"], default="hrm_v1",
+                      help="trm: TRM (reference tools/trm_torch) at the config's width and sequence length")
   parser.add_argument("--batch", type=int, default=None, help="rows per batch (default: the config's)")
   parser.add_argument("--forward-dtype", choices=["float32", "bfloat16"], default=None,
                       help="default: the config's (float32 for tiny/small, bfloat16 for paper-sudoku)")
@@ -615,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           "the ratio compares different devices.", file=sys.stderr)
 
   try:
-    cfg = model_config(bench, args.forward_dtype, args.attention)
+    cfg = model_config(bench, args.forward_dtype, args.attention, args.arch)
     cfg.check_platform(devices["jax_platform"])
   except ValueError as e:
     print(f"benchmark: error: {e}", file=sys.stderr)

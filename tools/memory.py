@@ -70,7 +70,7 @@ def compile_steps(config, cfg: ModelConfig, batch: int, eval_batch: int) -> dict
   optimizer, _, _ = train.make_optimizers(config, plan)
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   batch_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, optimizer, batch, config.seed))
+  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, optimizer, batch, config.seed, ema=config.ema))
   shardings = train.state_shardings(mesh, abstract_state)
   state_spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
                             shardings)

@@ -3,6 +3,7 @@
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/float32
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/bfloat16
   python -m tools.parity ../shared/fixtures/hrm_original/tiny/float64     # runs with 64-bit JAX
+  python -m tools.parity ../shared/fixtures/trm_original/tiny/float32     # TRM (also bfloat16, float64)
 
 FIXTURE_DIR holds checkpoint_dir/step_0, checkpoint_dir/all_config.yaml, model_cfg.json and reference.npz
 (array names and meanings in the fixture's README.txt). The checkpoint is loaded through the converter, every
@@ -26,6 +27,10 @@ element is excluded from the relative-error check but must still lie within the 
 of its starting value (2 · Σ_t lr/(1-β1^t) · π/2 for AdamATan2, 2 · t · lr for SignSGD, plus the decay), and
 the count of such elements is printed beside the array.
 
+A TRM fixture (the converter recognises TRM's checkpoint) gets the same checks with TRM's model, plus
+TRM's own arrays (tools/parity_trm.py: every network call of a segment, the EMA shadow, the EMA checkpoint's
+eval loop, `preds`).
+
 Exit status: 0 when every checked array passes, 1 when any fails. Arrays of unknown names are listed as
 NOT CHECKED.
 """
@@ -45,6 +50,7 @@ import numpy as np
 import yaml
 
 from hrm_jax.convert import torch_checkpoint
+from hrm_jax.model import arch
 from hrm_jax.model import hrm
 from hrm_jax.model.losses import LossConfig, act_loss
 from hrm_jax.training import optim
@@ -152,6 +158,7 @@ class Comparer:
 def _load_fixture(fixture_dir: pathlib.Path):
   model_cfg = json.loads((fixture_dir / "model_cfg.json").read_text())
   all_config = yaml.safe_load((fixture_dir / "checkpoint_dir" / "all_config.yaml").read_text())
+  all_config["checkpoint_path"] = str(fixture_dir / "checkpoint_dir")  # where its checkpoints are now
   converted = torch_checkpoint.load_original_checkpoint(
       fixture_dir / "checkpoint_dir" / "step_0", seq_len=int(model_cfg["seq_len"]))
   cfg = converted.model_config
@@ -213,43 +220,20 @@ def _compute(cfg, converted, all_config, ref, policy: tolerance_lib.Policy) -> C
   batch_size = int(batch["inputs"].shape[0])
   train_cfg = cfg.replace(halt_exploration_prob=0.0)
 
+  model = arch.model_for(cfg)
+
   # ---- embeddings and one inner segment --------------------------------------------------------------
   rows = hrm.gather_puzzle_rows(cfg, table, batch["puzzle_identifiers"])
-  cmp.close("input_embeddings", hrm.input_embeddings(params, cfg, batch["inputs"], rows))
+  cmp.close("input_embeddings", model.input_embeddings(params, cfg, batch["inputs"], rows))
   carry = hrm.reset_carry(hrm.initial_carry(cfg, batch_size), batch, buffers)
-  (z_H, z_L), logits, q_halt, q_cont = jax.jit(hrm.segment, static_argnums=1)(
+  (z_H, z_L), logits, q_halt, q_cont = jax.jit(model.segment, static_argnums=1)(
       params, cfg, carry.z_H, carry.z_L, batch["inputs"], rows)
   for name, value in (("logits", logits), ("q_halt", q_halt), ("q_continue", q_cont), ("zH", z_H),
                       ("zL", z_L)):
     cmp.close(f"inner_step1_{name}", value)
 
   # ---- evaluation-mode ACT loop through the loss head ------------------------------------------------
-  @jax.jit
-  def eval_call(carry, batch):
-    carry = hrm.reset_carry(carry, batch, buffers)
-    rows = hrm.gather_puzzle_rows(cfg, table, carry.current_data["puzzle_identifiers"])
-    carry, outputs = hrm.act_step(params, cfg, carry, rows, training=False)
-    loss, metrics = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps,
-                             **loss_cfg.kwargs())
-    return carry, outputs, loss, metrics
-
-  carry = hrm.initial_carry(cfg, batch_size)
-  num_eval = 0
-  while True:
-    carry, outputs, loss, metrics = eval_call(carry, batch)
-    k = num_eval
-    num_eval += 1
-    if f"eval_step{k}_logits" in ref:
-      cmp.close(f"eval_step{k}_logits", outputs["logits"])
-      cmp.close(f"eval_step{k}_q_halt", outputs["q_halt_logits"])
-      cmp.close(f"eval_step{k}_q_continue", outputs["q_continue_logits"])
-      cmp.close(f"eval_step{k}_loss", loss)
-      cmp.exact(f"eval_step{k}_halted", carry.halted)
-      cmp.exact(f"eval_step{k}_steps", carry.steps)
-      _compare_metrics(cmp, f"eval_step{k}_metric_", metrics)
-    if bool(jnp.all(carry.halted)) or num_eval > 1000:
-      break
-  cmp.exact("eval_num_steps", np.int64(num_eval))
+  cmp.exact("eval_num_steps", np.int64(eval_loop(cmp, "eval_step", cfg, loss_cfg, params, buffers, table, batch)))
 
   # ---- one training-mode segment: loss, metrics, gradients, one SignSGD step --------------------------
   grad_fn = jax.jit(segment_lib.segment_value_and_grad,
@@ -276,13 +260,67 @@ def _compute(cfg, converted, all_config, ref, policy: tolerance_lib.Policy) -> C
                                           lr_emb, wd_emb, steps=1)
     cmp.close("puzzle_emb_weights_after_signsgd", new_table, "param", ambiguous, slack)
 
-  _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, table, ref, grad_fn)
+  extras = None
+  if cfg.arch == "trm":
+    from tools import parity_trm  # pylint: disable=import-outside-toplevel
+    extras = parity_trm.TRMExtras(cmp, cfg, loss_cfg, all_config, params, buffers, table, batch)
+  _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, table, ref, grad_fn,
+                  on_step=extras.after_step if extras else None)
+  if extras:
+    extras.finish()
   return cmp
+
+
+def eval_loop(cmp: Comparer, prefix: str, cfg, loss_cfg, params, buffers, table, batch) -> int:
+  """The evaluation-mode ACT loop through the loss head, compared segment by segment; returns its length."""
+  model = arch.model_for(cfg)
+  ref = cmp.reference
+
+  @jax.jit
+  def eval_call(carry, batch):
+    carry = hrm.reset_carry(carry, batch, buffers)
+    rows = hrm.gather_puzzle_rows(cfg, table, carry.current_data["puzzle_identifiers"])
+    carry, outputs = model.act_step(params, cfg, carry, rows, training=False)
+    loss, metrics = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps,
+                             **loss_cfg.kwargs())
+    return carry, outputs, loss, metrics
+
+  carry = hrm.initial_carry(cfg, int(batch["inputs"].shape[0]))
+  num_eval = 0
+  while True:
+    carry, outputs, loss, metrics = eval_call(carry, batch)
+    p = f"{prefix}{num_eval}_"
+    num_eval += 1
+    if p + "logits" in ref:
+      cmp.close(p + "logits", outputs["logits"])
+      cmp.close(p + "q_halt", outputs["q_halt_logits"])
+      cmp.close(p + "q_continue", outputs["q_continue_logits"])
+      cmp.close(p + "loss", loss)
+      cmp.exact(p + "halted", carry.halted)
+      cmp.exact(p + "steps", carry.steps)
+      _compare_metrics(cmp, p + "metric_", metrics)
+      _compare_preds(cmp, p + "preds", outputs["logits"])
+    if bool(jnp.all(carry.halted)) or num_eval > 1000:
+      return num_eval
+
+
+def _compare_preds(cmp: Comparer, name: str, logits) -> None:
+  """argmax predictions, exactly, except where ours and the original's are tied within the logits tolerance
+  in the ORIGINAL's logits (then either is a valid argmax)."""
+  if name not in cmp.reference:
+    return
+  ref_preds = np.asarray(cmp.reference[name])
+  ref_logits = np.asarray(cmp.reference[name[:-len("preds")] + "logits"], np.float64)
+  ours = np.asarray(jnp.argmax(logits, axis=-1))
+  gap = np.abs(np.take_along_axis(ref_logits, ours[..., None], -1)
+               - np.take_along_axis(ref_logits, ref_preds[..., None].astype(np.int64), -1))[..., 0]
+  tied = gap <= cmp.tolerance(name[:-len("preds")] + "logits") * np.max(np.abs(ref_logits))
+  cmp.exact(name, np.where(tied, ref_preds, ours))
 
 
 def _bookkeeping_names(ref) -> set[str]:
   """Arrays that describe the fixture (batches, row indices, seeds) rather than results to reproduce."""
-  names = {"inputs", "labels", "puzzle_identifiers", "traj_row_stride", "traj_seed"}
+  names = {"inputs", "labels", "puzzle_identifiers", "traj_row_stride", "traj_seed", "ema_rate"}
   names |= {k for k in ref if k.startswith("traj_rows__") or re.match(r"traj\d+_batch_", k)}
   return names
 
@@ -331,8 +369,12 @@ def _signsgd_ambiguity(ref, grad_name, ids, our_row_grads, table_before, grad_to
   return ambiguous, slack
 
 
-def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, table, ref, grad_fn):
-  """Three training calls with the carry kept between them, SignSGD then AdamATan2 after each."""
+def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, table, ref, grad_fn,
+                    on_step=None):
+  """Three training calls with the carry kept between them, SignSGD then AdamATan2 after each.
+
+  `on_step(k, params)` runs after call k's updates (and their checks).
+  """
   if "traj0_loss" not in ref:
     return
   lr = float(all_config.get("lr", 1e-3))
@@ -381,6 +423,7 @@ def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, 
     cmp.close(p + "q_continue", outputs["q_continue_logits"])
     if p + "target_q_continue" in ref:
       cmp.close(p + "target_q_continue", outputs["target_q_continue"])
+    _compare_preds(cmp, p + "preds", outputs["logits"])
 
     grads_orig = _original_keys(grads, cfg)
     for key, value in grads_orig.items():
@@ -429,6 +472,8 @@ def _run_trajectory(cmp, cfg, train_cfg, loss_cfg, all_config, params, buffers, 
                   ambiguous_dense.get(key), slack)
       if p + "paramstats__" + key in ref:
         cmp.stats(p + "paramstats__" + key, value, "param")
+    if on_step is not None:
+      on_step(k, params)
 
 
 def format_report(results: list[Result], unknown: list[str]) -> str:

@@ -1,6 +1,7 @@
 """The one tolerance policy of every parity check (tools.parity and tests/parity_test.py use only this).
 
-An array's tolerance is measured, not chosen: the torch reference (tools/hrm_torch, which reproduces the
+An array's tolerance is measured, not chosen: the torch reference (tools/hrm_torch, or tools/trm_torch for a
+TRM fixture, built from hrm_torch's layers and optimisers; it reproduces the
 original bit for bit on the float64 fixture and to ~1e-6 in float32) recomputes the fixture from its own
 checkpoint and batches once plainly and once under each rounding variant of tools/hrm_torch/variants.py
 (another matmul blocking; the original's float32 steps rounded differently; H_init/L_init one ulp off). The
@@ -74,7 +75,8 @@ class Spread:
 
 
 def is_param_kind(name: str) -> bool:
-  return "param__" in name or "paramstats__" in name or name == "puzzle_emb_weights_after_signsgd"
+  return ("param__" in name or "paramstats__" in name or name == "puzzle_emb_weights_after_signsgd"
+          or "_ema__" in name or "emastats__" in name)  # TRM's EMA shadow of the parameters
 
 
 def kind_of(name: str) -> str:
@@ -114,9 +116,10 @@ class Policy:
     if _is_stats(name):
       # [sum, sum of squares, max|x|] of a whole tensor: one element (the max) can move as far as the
       # tensor's elements do, so a summary inherits the spread of the tensor's stored rows.
-      rows = self.spreads.get(name.replace("gradstats__", "grad__").replace("paramstats__", "param__"))
+      rows = self.spreads.get(name.replace("gradstats__", "grad__").replace("paramstats__", "param__")
+                              .replace("emastats__", "ema__"))
       value = max(value, rows.value if rows is not None else 0.0)
-    match = re.match(r"(eval_step\d+_|traj\d+_|train_)(loss|metric_)", name)
+    match = re.match(r"(eval_step\d+_|ema_eval_step\d+_|traj\d+_|train_)(loss|metric_)", name)
     if match:
       # A loss or metric summarises its segment's outputs; two draws of the variants can leave a scalar
       # nearly unmoved by chance, so it inherits the spread of the logits and Q values it is computed from.
@@ -212,6 +215,14 @@ def measure(fixture_dir: pathlib.Path, variants=None) -> Policy:
   return _CACHE[key]
 
 
+def is_trm_fixture(model_cfg: dict, all_config: dict) -> bool:
+  """A TRM fixture: its all_config.yaml names the original's TRM (or model_cfg.json has TRM-only keys)."""
+  name = str(((all_config or {}).get("arch") or {}).get("name", ""))
+  if name:
+    return "recursive_reasoning.trm" in name
+  return "mlp_t" in model_cfg or "no_ACT_continue" in model_cfg
+
+
 def _measure(fixture_dir: pathlib.Path, variants=None) -> Policy:
   import torch  # pylint: disable=import-outside-toplevel
   from tools import make_fixture as mf  # pylint: disable=import-outside-toplevel
@@ -226,6 +237,16 @@ def _measure(fixture_dir: pathlib.Path, variants=None) -> Policy:
   state_dict = load_state_dict_file(fixture_dir / "checkpoint_dir" / "step_0")
   batches = mf.batches_from_reference(fixture_dir / "reference.npz")
 
+  build, compute = build_loss_head, mf.compute_reference
+  if is_trm_fixture(model_cfg, all_config):
+    # TRM: tools/trm_torch's reference, built from tools/hrm_torch's layers and optimisers (so the variants'
+    # patches reach it), with TRM's own arrays (trace, EMA shadow, EMA checkpoint's eval loop).
+    from tools.trm_torch import build_loss_head as build  # pylint: disable=import-outside-toplevel
+    from tools.trm_torch import make_fixture as trm_mf  # pylint: disable=import-outside-toplevel
+    with np.load(fixture_dir / "reference.npz") as npz:
+      ema_rate = float(npz["ema_rate"]) if "ema_rate" in npz.files else float(all_config.get("ema_rate", 0.999))
+    compute = lambda head, batches: trm_mf.compute_reference(head, batches, ema_rate)[0]  # pylint: disable=unnecessary-lambda-assignment
+
   def run(variant):
     with torch.random.fork_rng():
       torch.manual_seed(0)
@@ -233,15 +254,15 @@ def _measure(fixture_dir: pathlib.Path, variants=None) -> Policy:
                  if variant is not None and not variant.startswith("ulp") else None)
       if context is not None:
         with context:
-          head = build_loss_head(model_cfg, loss_type)
+          head = build(model_cfg, loss_type)
           load_into_loss_head(head, state_dict)
-          return mf.compute_reference(head, batches)
-      head = build_loss_head(model_cfg, loss_type)
+          return compute(head, batches)
+      head = build(model_cfg, loss_type)
       load_into_loss_head(head, state_dict)
       if variant is None:
-        return mf.compute_reference(head, batches)
+        return compute(head, batches)
       with variants_lib.rounding_variant(variant, head):
-        return mf.compute_reference(head, batches)
+        return compute(head, batches)
 
   plain = run(None)
   runs = {v: run(v) for v in (variants or variants_lib.VARIANTS)}
@@ -266,7 +287,7 @@ def main(argv=None) -> int:
     by_group: dict[tuple[str, str], float] = {}
     for name, spread in policy.spreads.items():
       if spread.by_variant:
-        match = re.match(r"(eval_step|traj)(\d+)_", name)
+        match = re.match(r"(eval_step|ema_eval_step|traj)(\d+)_", name)
         depth = f"{match.group(1)}{match.group(2)}" if match else "one segment"
         key = (kind_of(name), depth)
         by_group[key] = max(by_group.get(key, 0.0), spread.value)

@@ -132,7 +132,9 @@ def read_run(path: str | pathlib.Path, step: int | None = None) -> RunCheckpoint
     raise CheckpointConversionError(f"{step_dir} holds no {missing}; it is not an hrm_jax train state.")
   to_host = lambda tree: {k: to_host(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}
   table = state.get("puzzle_table")
-  return RunCheckpoint(params=to_host(state["params"]), buffers=to_host(state["buffers"]),
+  # An EMA run's weights are its shadow (what it evaluates with, and what the original saves).
+  params = state["ema_params"] if config.get("ema") and state.get("ema_params") is not None else state["params"]
+  return RunCheckpoint(params=to_host(params), buffers=to_host(state["buffers"]),
                        puzzle_table=None if table is None else np.asarray(table), model_config=cfg,
                        loss_type=(config.get("loss") or {}).get("loss_type"), step=chosen, directory=directory,
                        config=config, metadata=metadata)

@@ -123,6 +123,9 @@ def all_config_for(cfg: ModelConfig, loss_type: str | None = None,
   arch: dict[str, Any] = {"name": ORIGINAL_ARCH_NAME,
                           "loss": {"name": ORIGINAL_LOSS_NAME, "loss_type": loss_type or "stablemax_cross_entropy"}}
   arch.update({k: getattr(cfg, k) for k in _ARCH_KEYS})
+  if cfg.arch == "trm":
+    from hrm_jax.convert import trm_checkpoint  # pylint: disable=import-outside-toplevel
+    arch.update(trm_checkpoint.arch_block(cfg))
   out: dict[str, Any] = {"arch": arch}
   for key, dotted in _RUN_KEYS.items():
     node: Any = run_config or {}
@@ -272,8 +275,21 @@ def loss_type_from_all_config(all_config: Mapping[str, Any] | None) -> str | Non
 # ---------------------------------------------------------------------------------------------------------
 # Key mapping
 # ---------------------------------------------------------------------------------------------------------
+def _layout(cfg: ModelConfig):
+  """(expected_shapes, param_path) of the config's architecture (TRM's live in trm_checkpoint)."""
+  if cfg.arch == "trm":
+    from hrm_jax.convert import trm_checkpoint  # pylint: disable=import-outside-toplevel
+    return trm_checkpoint.expected_shapes, trm_checkpoint.param_path
+  return hrm_expected_shapes, _param_path
+
+
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-  """Every original state_dict key (without prefix) and its shape for `cfg`."""
+  """Every original state_dict key (without prefix) and its shape for `cfg` (HRM or TRM)."""
+  return _layout(cfg)[0](cfg)
+
+
+def hrm_expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Every original HRM state_dict key (without prefix) and its shape for `cfg`."""
   d, width = cfg.hidden_size, cfg.mlp_width
   shapes = {"H_init": (d,), "L_init": (d,), "embed_tokens.embedding_weight": (cfg.vocab_size, d),
             "lm_head.weight": (cfg.vocab_size, d), "q_head.weight": (2, d), "q_head.bias": (2,)}
@@ -332,8 +348,9 @@ def from_state_dict(state: Mapping[str, np.ndarray], cfg: ModelConfig):
   """(params, buffers, puzzle_table) from an un-prefixed original state_dict; validates every key."""
   validate_keys(state, cfg)
   params: dict[str, Any] = {}
+  param_path = _layout(cfg)[1]
   for key, value in state.items():
-    mapped = _param_path(key)
+    mapped = param_path(key)
     if mapped is None:
       continue
     path, transpose = mapped
@@ -354,15 +371,16 @@ def to_state_dict(params, buffers, puzzle_table, cfg: ModelConfig, prefix: str =
   params_only=True gives just the dense parameters (any pytree shaped like `params`, e.g. gradients).
   """
   out: dict[str, np.ndarray] = {}
-  for key in expected_shapes(cfg):
-    if params_only and _param_path(key) is None:
+  shapes, param_path = _layout(cfg)
+  for key in shapes(cfg):
+    if params_only and param_path(key) is None:
       continue
     if key in ("H_init", "L_init"):
       value = np.asarray(buffers[key])
     elif key == "puzzle_emb.weights":
       value = np.asarray(puzzle_table, np.float32)
     else:
-      path, transpose = _param_path(key)
+      path, transpose = param_path(key)
       node = params
       for part in path:
         node = node[part]
@@ -406,7 +424,9 @@ def load_original_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str
           f"{path} has no all_config.yaml beside it, and its tensors cannot tell {', '.join(unknown)}. Copy "
           "the run's all_config.yaml next to it, or give them: " + " ".join(f"--set {k}=..." for k in unknown)
           + " (or --original-defaults to assume the original's config/arch/hrm_v1.yaml values).")
-  fields, notes = infer_model_config(state, all_config, overrides)
+  from hrm_jax.convert import trm_checkpoint  # pylint: disable=import-outside-toplevel
+  infer = trm_checkpoint.infer_model_config if trm_checkpoint.is_trm(state, all_config) else infer_model_config
+  fields, notes = infer(state, all_config, overrides)
   if all_config is None:
     notes.insert(0, f"no all_config.yaml beside {path}: config inferred from tensor shapes and defaults")
   if "seq_len" not in fields:

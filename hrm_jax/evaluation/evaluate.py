@@ -15,9 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrm_jax.model import arch
 from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import IGNORE_LABEL_ID, LossConfig, act_loss, per_class_counts
+from hrm_jax.training import ema as ema_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +33,8 @@ def make_eval_step(cfg: ModelConfig, loss_cfg: LossConfig, eval_cfg: EvalConfig)
 
   def eval_step(params, buffers, puzzle_table, batch):
     valid_B = batch.get("valid", jnp.ones(batch["inputs"].shape[:1], bool))
-    outputs = hrm.infer(params, buffers, cfg, puzzle_table, batch, halt_on_q=eval_cfg.halt_on_q,
-                        halt_max_steps=eval_cfg.halt_max_steps)
+    outputs = arch.model_for(cfg).infer(params, buffers, cfg, puzzle_table, batch, halt_on_q=eval_cfg.halt_on_q,
+                                        halt_max_steps=eval_cfg.halt_max_steps)
     labels = jnp.where(valid_B[:, None], batch["labels"], IGNORE_LABEL_ID)
     _, metrics = act_loss(outputs, labels, valid_B, outputs["steps"], **loss_cfg.kwargs())
     correct_V, total_V = per_class_counts(outputs["logits"], labels, valid_B, cfg.vocab_size)
@@ -89,7 +91,7 @@ def evaluate(eval_fn: Callable, state, batches: Iterable[dict[str, np.ndarray]],
   saved: dict[str, list[np.ndarray]] = {}
   for batch in batches:
     device_batch = put_batch(batch)
-    metrics, predictions = eval_fn(state.params, state.buffers, state.puzzle_table, device_batch)
+    metrics, predictions = eval_fn(ema_lib.eval_params(state), state.buffers, state.puzzle_table, device_batch)
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     num_batches += 1
     if on_batch is not None:

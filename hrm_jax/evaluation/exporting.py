@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hrm_jax.convert.model_file import LoadedModel
-from hrm_jax.model import hrm
+from hrm_jax.model import arch
 
 INPUT_NAMES = ("inputs", "puzzle_identifiers")
 OUTPUT_NAMES = ("preds", "logits", "q_halt_logits", "q_continue_logits", "steps")
@@ -37,7 +37,7 @@ def inference_fn(model: LoadedModel, segments: int | None = None, early_halt: bo
 
   def run(inputs_BxS, puzzle_identifiers_B):
     batch = {"inputs": inputs_BxS, "labels": jnp.zeros_like(inputs_BxS), "puzzle_identifiers": puzzle_identifiers_B}
-    out = hrm.infer(params, buffers, cfg, table, batch, halt_on_q=early_halt, halt_max_steps=segments)
+    out = arch.model_for(cfg).infer(params, buffers, cfg, table, batch, halt_on_q=early_halt, halt_max_steps=segments)
     logits = out["logits"].astype(jnp.float32)
     return (jnp.argmax(logits, axis=-1).astype(jnp.int32), logits, out["q_halt_logits"],
             out["q_continue_logits"], out["steps"].astype(jnp.int32))

@@ -16,6 +16,12 @@ ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "jax")
 # "auto" uses the blockwise attention from this many positions on (below it the scores are small and the
 # one-shot "xla" path, the parity reference, is as fast).
 BLOCKWISE_MIN_LEN = 256
+ARCHS = ("hrm_v1", "trm")  # hrm_v1: this class; trm: hrm_jax.model.trm.TRMConfig
+
+
+def swiglu_width(expansion: float, size: int) -> int:
+  """SwiGLU width: 2/3·expansion·size rounded half-to-even, then up to a multiple of 256."""
+  return 256 * math.ceil(round(expansion * size * 2 / 3) / 256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +50,13 @@ class ModelConfig:
   # platform); "cudnn": cuDNN flash attention (GPU, bfloat16); "jax": jax.nn.dot_product_attention's XLA path;
   # "auto": cudnn on GPU in bfloat16, else blockwise from BLOCKWISE_MIN_LEN positions on, else xla.
   attention_impl: str = "xla"
+  arch: str = "hrm_v1"  # which model; "trm" configs are hrm_jax.model.trm.TRMConfig
 
   def __post_init__(self):
     problems = []
+    if self.arch != "hrm_v1":
+      problems.append(f"arch={self.arch!r} (this config class is HRM's; build other archs with "
+                      "ModelConfig.from_dict({..., 'arch': ...}))")
     if self.pos_encodings not in POS_ENCODINGS:
       problems.append(f"pos_encodings={self.pos_encodings!r} (choose one of {POS_ENCODINGS})")
     if self.forward_dtype not in FORWARD_DTYPES:
@@ -104,8 +114,8 @@ class ModelConfig:
 
   @property
   def mlp_width(self) -> int:
-    """SwiGLU width: 2/3·expansion·D rounded half-to-even, then up to a multiple of 256."""
-    return 256 * math.ceil(round(self.expansion * self.hidden_size * 2 / 3) / 256)
+    """Width of the channel SwiGLU (see `swiglu_width`)."""
+    return swiglu_width(self.expansion, self.hidden_size)
 
   @property
   def dtype(self) -> jnp.dtype:
@@ -131,6 +141,13 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    """The config of `values["arch"]` (default hrm_v1) from a dict such as `to_dict()` wrote."""
+    arch = values.get("arch", "hrm_v1")
+    if arch not in ARCHS:
+      raise ValueError(f"Unknown model arch {arch!r}; choose one of {ARCHS}")
+    if cls is ModelConfig and arch == "trm":
+      from hrm_jax.model.trm import TRMConfig  # pylint: disable=import-outside-toplevel
+      return TRMConfig.from_dict(values)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
@@ -32,6 +32,11 @@ class HRMInner(nn.Module):
   config: ModelConfig
 
   def setup(self):
+    self.setup_embeddings_and_heads()
+    self.H_level = layers.ReasoningModule(self.config, self.config.H_layers)
+    self.L_level = layers.ReasoningModule(self.config, self.config.L_layers)
+
+  def setup_embeddings_and_heads(self):
     cfg = self.config
     cfg.check_x64()
     init_std = 1.0 / cfg.hidden_size ** 0.5
@@ -42,8 +47,6 @@ class HRMInner(nn.Module):
         bias_init=nn.initializers.constant(-5.0))
     if cfg.pos_encodings == "learned":
       self.embed_pos = layers.CastedEmbed(cfg.total_len, cfg.hidden_size, cfg.dtype, init_std)
-    self.H_level = layers.ReasoningModule(cfg, cfg.H_layers)
-    self.L_level = layers.ReasoningModule(cfg, cfg.L_layers)
 
   def embed(self, inputs_BxS: jax.Array, puzzle_rows_BxE: jax.Array | None) -> jax.Array:
     """Token embedding, puzzle prefix, optional learned positions, then the sqrt(D) scale: `[B, T, D]`."""
@@ -216,20 +219,30 @@ def exploration_min_steps(cfg: ModelConfig, rng: jax.Array, batch_size: int,
   return explore * jax.random.randint(key_min, (batch_size,), 2, max_steps + 1)
 
 
+def wants_halt(cfg: ModelConfig, q_halt_B: jax.Array, q_continue_B: jax.Array) -> jax.Array:
+  """The Q halting rule: q_halt > q_continue; with TRM's `no_ACT_continue`, q_halt > 0."""
+  if getattr(cfg, "no_ACT_continue", False):
+    return q_halt_B > 0
+  return q_halt_B > q_continue_B
+
+
 def act_step(params, cfg: ModelConfig, carry: Carry, puzzle_rows_BxE, *, training: bool,
              rng: jax.Array | None = None, min_halt_steps_B: jax.Array | None = None,
-             halt_on_q: bool = False, halt_max_steps: int | None = None
+             halt_on_q: bool = False, halt_max_steps: int | None = None, segment_fn: Callable | None = None
              ) -> tuple[Carry, dict[str, jax.Array]]:
   """One ACT call on a carry that `reset_carry` already prepared (the original's `ACT.forward` after reset).
 
   training=True: Q-based halting with exploration and the target-Q second forward (needs `rng`, or the
-  precomputed `min_halt_steps_B` from `exploration_min_steps`, when `halt_exploration_prob > 0`).
+  precomputed `min_halt_steps_B` from `exploration_min_steps`, when `halt_exploration_prob > 0`); with
+  `no_ACT_continue` (TRM) halting reads q_halt alone and there is no target Q.
   training=False: the original's evaluation, halting only at
-  `halt_max_steps`, unless `halt_on_q` also halts rows whose q_halt > q_continue.
+  `halt_max_steps`, unless `halt_on_q` also halts rows that `wants_halt`.
+  `segment_fn` is the architecture's segment (default: HRM's `segment`).
   """
+  segment_fn = segment if segment_fn is None else segment_fn
   max_steps = cfg.halt_max_steps if halt_max_steps is None else halt_max_steps
   data = carry.current_data
-  (z_H, z_L), logits, q_halt, q_continue = segment(
+  (z_H, z_L), logits, q_halt, q_continue = segment_fn(
       params, cfg, carry.z_H, carry.z_L, data["inputs"], puzzle_rows_BxE)
   outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
 
@@ -237,21 +250,22 @@ def act_step(params, cfg: ModelConfig, carry: Carry, puzzle_rows_BxE, *, trainin
   is_last = steps >= max_steps
   halted = is_last
   if training and max_steps > 1:
-    halted = halted | (q_halt > q_continue)
+    halted = halted | wants_halt(cfg, q_halt, q_continue)
     if cfg.halt_exploration_prob > 0:
       if min_halt_steps_B is None:
         if rng is None:
           raise ValueError("act_step(training=True) needs `rng` when halt_exploration_prob > 0")
         min_halt_steps_B = exploration_min_steps(cfg, rng, steps.shape[0], max_steps)
       halted = halted & (steps >= min_halt_steps_B)
-    # Target Q from the next segment (no gradient), as the original's "PQN-like" bootstrap.
-    _, _, next_q_halt, next_q_continue = segment(
-        jax.lax.stop_gradient(params), cfg, z_H, z_L, data["inputs"],
-        jax.lax.stop_gradient(puzzle_rows_BxE))
-    outputs["target_q_continue"] = jax.nn.sigmoid(
-        jnp.where(is_last, next_q_halt, jnp.maximum(next_q_halt, next_q_continue)))
+    if not getattr(cfg, "no_ACT_continue", False):
+      # Target Q from the next segment (no gradient), as the original's "PQN-like" bootstrap.
+      _, _, next_q_halt, next_q_continue = segment_fn(
+          jax.lax.stop_gradient(params), cfg, z_H, z_L, data["inputs"],
+          jax.lax.stop_gradient(puzzle_rows_BxE))
+      outputs["target_q_continue"] = jax.nn.sigmoid(
+          jnp.where(is_last, next_q_halt, jnp.maximum(next_q_halt, next_q_continue)))
   elif halt_on_q:
-    halted = halted | (q_halt > q_continue)
+    halted = halted | wants_halt(cfg, q_halt, q_continue)
   outputs = {k: jax.lax.stop_gradient(v) if k == "target_q_continue" else v for k, v in outputs.items()}
   new_carry = Carry(z_H=z_H, z_L=z_L, steps=steps, halted=jax.lax.stop_gradient(halted), current_data=data)
   return new_carry, outputs
@@ -261,11 +275,12 @@ def act_step(params, cfg: ModelConfig, carry: Carry, puzzle_rows_BxE, *, trainin
 # Inference: segments inside a while_loop until every row halted
 # --------------------------------------------------------------------------------------------------------
 def infer(params, buffers, cfg: ModelConfig, puzzle_table, batch: dict[str, jax.Array], *,
-          halt_on_q: bool = False, halt_max_steps: int | None = None) -> dict[str, jax.Array]:
+          halt_on_q: bool = False, halt_max_steps: int | None = None, segment_fn: Callable | None = None
+          ) -> dict[str, jax.Array]:
   """Runs ACT segments in `jax.lax.while_loop` until every row halted or `halt_max_steps` is reached.
 
   halt_on_q=False is the original's evaluation (every row runs exactly `halt_max_steps` segments);
-  halt_on_q=True stops a row at the first segment whose q_halt > q_continue and freezes its outputs, and the
+  halt_on_q=True stops a row at the first segment that `wants_halt` and freezes its outputs, and the
   loop ends as soon as every row halted. `halt_max_steps` above the training value is inference-time scaling.
 
   Returns the final outputs per row: logits, q_halt_logits, q_continue_logits, steps (segments used per row)
@@ -276,7 +291,8 @@ def infer(params, buffers, cfg: ModelConfig, puzzle_table, batch: dict[str, jax.
   carry = reset_carry(initial_carry(cfg, batch_size), batch, buffers)
   rows = gather_puzzle_rows(cfg, puzzle_table, carry.current_data["puzzle_identifiers"])
   out_shape = jax.eval_shape(
-      lambda c: act_step(params, cfg, c, rows, training=False, halt_max_steps=max_steps)[1], carry)
+      lambda c: act_step(params, cfg, c, rows, training=False, halt_max_steps=max_steps,
+                         segment_fn=segment_fn)[1], carry)
   outputs0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
 
   def cond(state):
@@ -288,7 +304,7 @@ def infer(params, buffers, cfg: ModelConfig, puzzle_table, batch: dict[str, jax.
     active_B = ~carry.halted if halt_on_q else jnp.ones_like(carry.halted)
     new_carry, new_outputs = act_step(
         params, cfg, carry.replace(halted=jnp.zeros_like(carry.halted)), rows, training=False,
-        halt_on_q=halt_on_q, halt_max_steps=max_steps)
+        halt_on_q=halt_on_q, halt_max_steps=max_steps, segment_fn=segment_fn)
     outputs = jax.tree.map(lambda n, o: _where_rows(active_B, n, o), new_outputs, outputs)
     new_carry = new_carry.replace(
         steps=jnp.where(active_B, new_carry.steps, carry.steps),

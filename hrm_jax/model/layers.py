@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax.model.config import ModelConfig
+from hrm_jax.model.config import ModelConfig, swiglu_width
 
 # Standard deviation of a unit normal truncated to [-2, 2]; dividing by it makes the truncated draw have the
 # requested std, as the original's `trunc_normal_init_` does.
@@ -276,26 +276,38 @@ class SwiGLU(nn.Module):
   """down(silu(gate) * up) with gate = first half and up = second half of one fused projection."""
 
   config: ModelConfig
+  size: int | None = None  # width of the mixed (last) axis; None: hidden_size
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    width = self.config.mlp_width
+    size = self.config.hidden_size if self.size is None else self.size
+    width = swiglu_width(self.config.expansion, size)
     gate, up = jnp.split(CastedDense(2 * width, name="gate_up_proj")(x), 2, axis=-1)
     # SiLU in float32 with one rounding, as PyTorch computes it for bfloat16 inputs (float64 stays float64).
     activated = jax.nn.silu(gate.astype(_accum_dtype(gate.dtype))).astype(gate.dtype)
-    return CastedDense(self.config.hidden_size, name="down_proj")(activated * up)
+    return CastedDense(size, name="down_proj")(activated * up)
 
 
 class Block(nn.Module):
-  """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
+  """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h)).
+
+  With `config.mlp_t` (TRM's variant) a SwiGLU over the T positions replaces attention, and its norm runs
+  over the positions too: the block is then tied to exactly `config.total_len` positions.
+  """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, h: jax.Array) -> jax.Array:
-    eps = self.config.rms_norm_eps
-    h = rms_norm(h + Attention(self.config, name="self_attn")(h), eps)
-    return rms_norm(h + SwiGLU(self.config, name="mlp")(h), eps)
+  def __call__(self, h_BxTxD: jax.Array) -> jax.Array:
+    cfg = self.config
+    eps = cfg.rms_norm_eps
+    if getattr(cfg, "mlp_t", False):
+      h_BxDxT = jnp.swapaxes(h_BxTxD, 1, 2)
+      h_BxDxT = rms_norm(h_BxDxT + SwiGLU(cfg, size=cfg.total_len, name="mlp_t")(h_BxDxT), eps)
+      h_BxTxD = jnp.swapaxes(h_BxDxT, 1, 2)
+    else:
+      h_BxTxD = rms_norm(h_BxTxD + Attention(cfg, name="self_attn")(h_BxTxD), eps)
+    return rms_norm(h_BxTxD + SwiGLU(cfg, name="mlp")(h_BxTxD), eps)
 
 
 class ReasoningModule(nn.Module):

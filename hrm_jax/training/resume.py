@@ -119,7 +119,8 @@ def resume(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter) -> Start:
 
 def fresh_start(run: Run, train_iter) -> Start:
   config = run.config
-  state = jax.jit(lambda: create_train_state(run.cfg, run.optimizer, config.global_batch_size, config.seed),
+  state = jax.jit(lambda: create_train_state(run.cfg, run.optimizer, config.global_batch_size, config.seed,
+                                             ema=config.ema),
                   out_shardings=run.shardings)()
   run_id = reporting.new_run_id()
   if config.init_from:

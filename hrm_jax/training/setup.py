@@ -25,6 +25,7 @@ from hrm_jax.data import pipeline
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig
 from hrm_jax.training import checkpoint as ckpt_lib
+from hrm_jax.training import ema as ema_lib
 from hrm_jax.training import optim
 from hrm_jax.training.errors import TrainingError
 from hrm_jax.training.policy import CheckpointPolicy, EvalPolicy
@@ -110,8 +111,8 @@ def dataset_identity(data_dir: pathlib.Path, meta: data_format.DatasetMetadata) 
 
 def model_config_from(config: ml_collections.ConfigDict, meta: data_format.DatasetMetadata) -> ModelConfig:
   try:
-    cfg = ModelConfig(vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                      num_puzzle_identifiers=meta.num_puzzle_identifiers, **config.model.to_dict())
+    cfg = ModelConfig.from_dict(dict(config.model.to_dict(), vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                                     num_puzzle_identifiers=meta.num_puzzle_identifiers))
     cfg.check_platform(jax.default_backend())  # e.g. attention_impl='cudnn' on a CPU
   except ValueError as e:
     raise TrainingError(" ".join(str(e).split())) from None
@@ -204,7 +205,7 @@ def load_init_weights(path: str, state: TrainState, cfg: ModelConfig) -> TrainSt
     try:
       if reader.latest_good_step() is None:
         raise TrainingError(f"init_from={path}: no finished hrm_jax checkpoint in that directory.")
-      weights = reader.restore_weights()
+      weights = ema_lib.restore_eval_weights(reader)  # an EMA run's shadow, as the original saves
     except ckpt_lib.CheckpointError as e:
       raise TrainingError(f"init_from={path}: {e}") from None
     except Exception as e:  # pylint: disable=broad-except  # damaged arrays: Orbax/TensorStore errors
@@ -248,8 +249,11 @@ def load_init_weights(path: str, state: TrainState, cfg: ModelConfig) -> TrainSt
       resized[:min(rows, table.shape[0])] = table[:rows]
       table = resized
     new_table = jnp.asarray(table)
+  params = jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, params)
   return state.replace(
-      params=jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), state.params, params),
+      params=params,
+      # The original registers its EMA after loading: the shadow starts at the loaded weights.
+      ema_params=None if state.ema_params is None else jax.tree.map(jnp.copy, params),
       buffers={k: jnp.asarray(buffers[k], state.buffers[k].dtype) for k in state.buffers},
       puzzle_table=new_table)
 
@@ -298,11 +302,12 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     raise TrainingError(f"eval.batch_size={eval_bs} must be divisible by the {num_devices} devices.")
   optimizer, lr_schedule, emb_schedule = make_optimizers(config, plan)
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, optimizer, gbs, config.seed))
+  abstract_state = jax.eval_shape(lambda: create_train_state(cfg, optimizer, gbs, config.seed, ema=config.ema))
   config_dict = json.loads(config.to_json_best_effort())
   # Derived, not a setting: data_dir may change on resume (a dataset moved), the training data may not.
   config_dict["dataset"] = dataset_identity(data_dir, meta)
-  say(f"hrm_jax: {cfg.H_layers}+{cfg.L_layers} layers, hidden {cfg.hidden_size}, {cfg.forward_dtype}, "
+  depth = f"TRM, {cfg.L_layers}" if cfg.arch == "trm" else f"{cfg.H_layers}+{cfg.L_layers}"
+  say(f"hrm_jax: {depth} layers, hidden {cfg.hidden_size}, {cfg.forward_dtype}, "
        f"{sum(x.size for x in jax.tree.leaves(abstract_state.params)):,} parameters "
        f"(+ puzzle table {cfg.num_puzzle_identifiers}x{cfg.puzzle_emb_ndim}); {num_devices} device(s), "
        f"{jax.process_count()} process(es)")

@@ -114,7 +114,7 @@ class Programs:
 def _compile(run: Run) -> Programs:
   config, replicated = run.config, NamedSharding(run.mesh, P())
   step_cfg = StepConfig(model=run.cfg, loss=run.loss_cfg, global_batch_size=config.global_batch_size,
-                        grad_accum_steps=config.grad_accum_steps)
+                        grad_accum_steps=config.grad_accum_steps, ema_rate=config.ema_rate)
   train_step = jax.jit(make_train_step(step_cfg, run.optimizer),
                        in_shardings=(run.shardings, NamedSharding(run.mesh, P("data"))),
                        out_shardings=(run.shardings, replicated), donate_argnums=0)
@@ -139,7 +139,7 @@ def _check_memory(run: Run, programs: Programs) -> Programs:
   except memory_lib.DoesNotFitError as e:
     raise TrainingError(str(e)) from None
   step_cfg = StepConfig(model=run.cfg, loss=run.loss_cfg, global_batch_size=config.global_batch_size,
-                        grad_accum_steps=config.grad_accum_steps)
+                        grad_accum_steps=config.grad_accum_steps, ema_rate=config.ema_rate)
   return dataclasses.replace(
       programs, flops_per_step=flops_lib.train_step_flops(step_cfg, run.optimizer, state_spec, batch_spec))
 

@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hrm_jax.model import arch
 from hrm_jax.model import hrm
 from hrm_jax.model.config import ModelConfig
 from hrm_jax.model.losses import LossConfig
+from hrm_jax.training import ema as ema_lib
 from hrm_jax.training import optim
 from hrm_jax.training.segment import segment_value_and_grad
 
@@ -34,6 +36,7 @@ class TrainState:
   buffers: dict[str, jax.Array]  # H_init / L_init
   carry: hrm.Carry  # ACT carry persisting across steps
   rng: jax.Array  # uint32 key data (raw, so it checkpoints as a plain array)
+  ema_params: Any = None  # EMA shadow of `params` when config.ema is on (None: no leaves, nothing saved)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +47,19 @@ class StepConfig:
   loss: LossConfig
   global_batch_size: int
   grad_accum_steps: int = 1
+  ema_rate: float = 0.999  # used when the state carries ema_params
 
 
 def create_train_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, batch_size: int,
-                       seed: int) -> TrainState:
+                       seed: int, ema: bool = False) -> TrainState:
   """A fresh state with the original's initialisation. `batch_size` is the GLOBAL batch (carry rows).
 
-  `optimizer` is the run's `optim.hrm_optimizer(dense, puzzle_emb)`.
+  `optimizer` is the run's `optim.hrm_optimizer(dense, puzzle_emb)`; ema=True adds the EMA shadow, starting at
+  the initial parameters.
   """
   key = jax.random.key(seed)
   key_params, key_buffers, key_run = jax.random.split(key, 3)
-  params = hrm.init_params(cfg, key_params)
+  params = arch.model_for(cfg).init_params(cfg, key_params)
   puzzle_table = hrm.init_puzzle_table(cfg) if cfg.puzzle_emb_ndim > 0 else None
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -63,7 +68,8 @@ def create_train_state(cfg: ModelConfig, optimizer: optax.GradientTransformation
       puzzle_table=puzzle_table,
       buffers=hrm.init_buffers(cfg, key_buffers),
       carry=hrm.initial_carry(cfg, batch_size),
-      rng=jax.random.key_data(key_run))
+      rng=jax.random.key_data(key_run),
+      ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
 
 def _split_rows(tree, num_chunks: int):
@@ -119,6 +125,8 @@ def make_train_step(step_cfg: StepConfig, optimizer: optax.GradientTransformatio
 
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               puzzle_table=puzzle_table, carry=new_carry, rng=jax.random.key_data(rng))
+    if state.ema_params is not None:
+      new_state = new_state.replace(ema_params=ema_lib.ema_update(state.ema_params, params, step_cfg.ema_rate))
     return new_state, reduce_train_metrics(metrics, step_cfg.global_batch_size, grads)
 
   return train_step

@@ -10,6 +10,9 @@ on another CPU) shows. Each variant changes rounding only:
            elements: an implementation that rounds differently everywhere, as another library or CPU does
   ulp      H_init/L_init moved by one ulp of their dtype in a quarter of their elements (a one-ulp input
            perturbation)
+
+tools/trm_torch builds TRM from these same classes (CastedLinear, Attention, SwiGLU, the optimisers) and
+buffer names (model.inner.H_init/L_init); only its module-level `rms_norm` import needs its own patch.
 """
 
 import contextlib
@@ -23,6 +26,7 @@ from tools.hrm_torch import adam_atan2
 from tools.hrm_torch import hrm_act_v1
 from tools.hrm_torch import layers
 from tools.hrm_torch import sparse_embedding
+from tools.trm_torch import trm  # TRM's reference: hrm_torch's layers, its own module-level rms_norm
 
 VARIANTS = ("order", "dither", "dither:1", "ulp")  # "dither:N": the dither with seed N
 DITHER_FRACTION = 0.5
@@ -106,6 +110,10 @@ def _dither_patches(generator):
     return lambda *args, **kwargs: _dithered(fn(*args, **kwargs), generator)
 
   def dithered_step(step):
+    # The optimiser's own step, without torch's hook wrapper: the optimiser built inside the variant wraps
+    # this replacement once, so step post-hooks (tools/trm_torch's EMA update) run once, after the dither.
+    step = step.__wrapped__ if getattr(step, "hooked", False) else step
+
     def run(self, closure=None):
       before = [[p.detach().clone() for p in group["params"]] for group in self.param_groups]
       out = step(self, closure)
@@ -120,7 +128,8 @@ def _dither_patches(generator):
     return run
 
   return [(layers.CastedLinear, "forward", linear), (layers, "rms_norm", rms_norm),
-          (hrm_act_v1, "rms_norm", rms_norm), (layers, "apply_rotary_pos_emb", apply_rope),
+          (hrm_act_v1, "rms_norm", rms_norm), (trm, "rms_norm", rms_norm),
+          (layers, "apply_rotary_pos_emb", apply_rope),
           (F, "scaled_dot_product_attention", attention),
           (F, "binary_cross_entropy_with_logits", loss_wrapper(bce)), (F, "cross_entropy", loss_wrapper(ce)),
           (adam_atan2.AdamATan2, "step", dithered_step(adam_step)),
