@@ -78,8 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.puzzle_emb_weight_decay = 0.1  # weight decay of the puzzle embedding rows
   # EMA of the dense weights (TRM's; the original HRM has none): shadow = (1-rate)*w + rate*shadow after each
   # step; evaluation (and export of the run's weights) then uses the shadow. Saved in every checkpoint.
-  c.ema = False
-  c.ema_rate = 0.999
+  c.ema = False  # keep an EMA shadow of the dense weights and evaluate with it (TRM's recipe turns it on)
+  c.ema_rate = 0.999  # the shadow's rate: shadow = (1-rate)*w + rate*shadow after each optimiser step
 
   # ---- evaluation ------------------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
