@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import ml_dtypes
 import numpy as np
@@ -225,21 +225,12 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
   arch = dict((all_config or {}).get("arch") or {})
   if block:
     arch.update({k: v for k, v in block.items() if k in ARCH_DEFAULTS})
-  disagreements = []
-  for key in ("hidden_size", "H_layers", "L_layers", "puzzle_emb_ndim", "pos_encodings", "forward_dtype"):
-    if key in arch and str(arch[key]) != str(fields[key]):
-      disagreements.append(f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}")
-  for key, default in ARCH_DEFAULTS.items():
-    if overrides and key in overrides:
-      fields[key] = overrides[key]
-    elif key in arch:
-      fields[key] = arch[key]
-    else:
-      fields[key] = default
-      if all_config is not None and key not in UNINFERABLE_KEYS:
-        continue  # the original's own code default (its config class), which its all_config.yaml leaves out
-      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
-                   f"default {default!r} (override it if the run used another value)")
+  # With an all_config.yaml, a key it leaves out is the original's own code default (its config class):
+  # only the keys no config class fixes get a note.
+  disagreements = resolve_arch_fields(
+      fields, arch, overrides, ARCH_DEFAULTS, notes,
+      ("hidden_size", "H_layers", "L_layers", "puzzle_emb_ndim", "pos_encodings", "forward_dtype"),
+      noted=UNINFERABLE_KEYS if all_config is not None else None)
   if mlp_width is not None:
     implied = ModelConfig(vocab_size=1, seq_len=1, hidden_size=int(hidden), num_heads=1,
                           expansion=float(fields["expansion"]), pos_encodings="learned").mlp_width
@@ -257,14 +248,45 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
       if key in fields and str(fields[key]) != str(value):
         disagreements.append(f"{key}: all_config.yaml's hrm_jax block says {value!r}, the tensors say {fields[key]!r}")
       fields.setdefault(key, value)
-  for key, value in (overrides or {}).items():
-    if key not in ARCH_DEFAULTS:
-      if key in fields and str(fields[key]) != str(value):
-        disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
-      fields.setdefault(key, value)
+  disagreements += apply_overrides(fields, overrides, ARCH_DEFAULTS)
   if disagreements:
     raise CheckpointConversionError("The checkpoint disagrees with its config:\n  " + "\n  ".join(disagreements))
   return fields, notes
+
+
+def resolve_arch_fields(fields: dict[str, Any], arch: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+                        defaults: Mapping[str, Any], notes: list[str], shape_keys: tuple[str, ...],
+                        noted: Collection[str] | None = None) -> list[str]:
+  """Completes `fields` (from shapes) with what shapes cannot tell; returns the disagreements found.
+
+  The yaml's `shape_keys` must agree with the tensors; each of `defaults` comes from `overrides`, else the
+  yaml, else the original's default, with a note unless `noted` is given and leaves the key out.
+  """
+  disagreements = [f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}"
+                   for key in shape_keys if key in arch and str(arch[key]) != str(fields[key])]
+  for key, default in defaults.items():
+    if overrides and key in overrides:
+      fields[key] = overrides[key]
+    elif key in arch:
+      fields[key] = arch[key]
+    else:
+      fields[key] = default
+      if noted is None or key in noted:
+        notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
+                     f"default {default!r} (override it if the run used another value)")
+  return disagreements
+
+
+def apply_overrides(fields: dict[str, Any], overrides: Mapping[str, Any] | None,
+                    resolved: Collection[str]) -> list[str]:
+  """Adds the overrides not in `resolved`; returns those that contradict what the checkpoint has."""
+  disagreements = []
+  for key, value in (overrides or {}).items():
+    if key not in resolved:
+      if key in fields and str(fields[key]) != str(value):
+        disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
+      fields.setdefault(key, value)
+  return disagreements
 
 
 def loss_type_from_all_config(all_config: Mapping[str, Any] | None) -> str | None:
@@ -290,7 +312,7 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def hrm_expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   """Every original HRM state_dict key (without prefix) and its shape for `cfg`."""
-  d, width = cfg.hidden_size, cfg.mlp_width
+  d = cfg.hidden_size
   shapes = {"H_init": (d,), "L_init": (d,), "embed_tokens.embedding_weight": (cfg.vocab_size, d),
             "lm_head.weight": (cfg.vocab_size, d), "q_head.weight": (2, d), "q_head.bias": (2,)}
   if cfg.puzzle_emb_ndim > 0:
@@ -299,11 +321,19 @@ def hrm_expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes["embed_pos.embedding_weight"] = (cfg.total_len, d)
   for level, count in (("H", cfg.H_layers), ("L", cfg.L_layers)):
     for i in range(count):
-      base = f"{level}_level.layers.{i}."
-      shapes[base + "self_attn.qkv_proj.weight"] = (3 * cfg.num_heads * cfg.head_dim, d)
-      shapes[base + "self_attn.o_proj.weight"] = (d, cfg.num_heads * cfg.head_dim)
-      shapes[base + "mlp.gate_up_proj.weight"] = (2 * width, d)
-      shapes[base + "mlp.down_proj.weight"] = (d, width)
+      shapes.update(block_shapes(cfg, f"{level}_level.layers.{i}."))
+  return shapes
+
+
+def block_shapes(cfg: ModelConfig, base: str, attention: bool = True) -> dict[str, tuple[int, ...]]:
+  """The original block's keys below `base` and their shapes: self_attn (unless not `attention`), then mlp."""
+  d, width = cfg.hidden_size, cfg.mlp_width
+  shapes = {}
+  if attention:
+    shapes[base + "self_attn.qkv_proj.weight"] = (3 * cfg.num_heads * cfg.head_dim, d)
+    shapes[base + "self_attn.o_proj.weight"] = (d, cfg.num_heads * cfg.head_dim)
+  shapes[base + "mlp.gate_up_proj.weight"] = (2 * width, d)
+  shapes[base + "mlp.down_proj.weight"] = (d, width)
   return shapes
 
 

@@ -111,9 +111,10 @@ def infer_model_config(state: Mapping[str, np.ndarray], all_config: Mapping[str,
   elif "seq_len" in block:
     fields["seq_len"] = int(block["seq_len"])
 
-  disagreements += resolve_arch_fields(
-      fields, arch, {k: v for k, v in (overrides or {}).items() if k != "puzzle_emb_len"}, ARCH_DEFAULTS, notes,
-      ("hidden_size", "L_layers", "puzzle_emb_ndim", "forward_dtype", "mlp_t"))
+  rest = {k: v for k, v in (overrides or {}).items() if k != "puzzle_emb_len"}
+  disagreements += torch_checkpoint.resolve_arch_fields(
+      fields, arch, rest, ARCH_DEFAULTS, notes, ("hidden_size", "L_layers", "puzzle_emb_ndim", "forward_dtype", "mlp_t"))
+  disagreements += torch_checkpoint.apply_overrides(fields, rest, ARCH_DEFAULTS)
   if "pos_encodings" in arch and (arch["pos_encodings"] == "learned") != (fields["pos_encodings"] == "learned"):
     disagreements.append(f"pos_encodings: all_config.yaml says {arch['pos_encodings']!r}, the tensors say "
                          f"{fields['pos_encodings']!r}")
@@ -135,18 +136,14 @@ def expected_shapes(cfg: TRMConfig) -> dict[str, tuple[int, ...]]:
   """Every original TRM state_dict key (without prefix) and its shape, in the original's order."""
   shapes = {k: v for k, v in torch_checkpoint.hrm_expected_shapes(cfg).items()
             if not k.startswith(("H_level.", "L_level."))}
-  d, width, t = cfg.hidden_size, cfg.mlp_width, cfg.total_len
+  t = cfg.total_len
   for i in range(cfg.L_layers):
     base = f"L_level.layers.{i}."
     if cfg.mlp_t:
       token_width = swiglu_width(cfg.expansion, t)
       shapes[base + "mlp_t.gate_up_proj.weight"] = (2 * token_width, t)
       shapes[base + "mlp_t.down_proj.weight"] = (t, token_width)
-    else:
-      shapes[base + "self_attn.qkv_proj.weight"] = (3 * cfg.num_heads * cfg.head_dim, d)
-      shapes[base + "self_attn.o_proj.weight"] = (d, cfg.num_heads * cfg.head_dim)
-    shapes[base + "mlp.gate_up_proj.weight"] = (2 * width, d)
-    shapes[base + "mlp.down_proj.weight"] = (d, width)
+    shapes.update(torch_checkpoint.block_shapes(cfg, base, attention=not cfg.mlp_t))
   return shapes
 
 
@@ -157,29 +154,3 @@ def param_path(key: str) -> tuple[tuple[str, ...], bool] | None:
     index, sub, name = match.groups()
     return ("L_level", f"layers_{index}", sub, name, "kernel"), True
   return torch_checkpoint._param_path(key)  # pylint: disable=protected-access
-
-
-def resolve_arch_fields(fields: dict[str, Any], arch: Mapping[str, Any], overrides: Mapping[str, Any] | None,
-                        defaults: Mapping[str, Any], notes: list[str], shape_keys: tuple[str, ...]) -> list[str]:
-  """Completes `fields` (from shapes) with what shapes cannot tell; returns the disagreements found.
-
-  The yaml's `shape_keys` must agree with the tensors; each of `defaults` comes from `overrides`, else the
-  yaml, else the original's default (with a note); any other override must agree with the shapes or is added.
-  """
-  disagreements = [f"{key}: all_config.yaml says {arch[key]!r}, the tensors say {fields[key]!r}"
-                   for key in shape_keys if key in arch and str(arch[key]) != str(fields[key])]
-  for key, default in defaults.items():
-    if overrides and key in overrides:
-      fields[key] = overrides[key]
-    elif key in arch:
-      fields[key] = arch[key]
-    else:
-      fields[key] = default
-      notes.append(f"{key} is not in the checkpoint's shapes or an all_config.yaml; using the original's "
-                   f"default {default!r} (override it if the run used another value)")
-  for key, value in (overrides or {}).items():
-    if key not in defaults:
-      if key in fields and str(fields[key]) != str(value):
-        disagreements.append(f"{key}: requested {value!r}, the checkpoint has {fields[key]!r}")
-      fields.setdefault(key, value)
-  return disagreements
