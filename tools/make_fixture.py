@@ -22,7 +22,7 @@ import json
 import os
 import pathlib
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -527,30 +527,40 @@ def make_fixture(
   return FixtureResult(arrays=arrays, halting_pattern=pattern, margin=margin)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m tools.make_fixture", description=__doc__.split("\n\n")[0])
+def fixture_parser(prog: str, description: str, checkpoint_help: str) -> argparse.ArgumentParser:
+  """The arguments every fixture maker (HRM's, TRM's) takes."""
+  parser = argparse.ArgumentParser(prog=prog, description=description)
   parser.add_argument("out_dir", help="fixture directory to write")
   parser.add_argument("--config", required=True,
                       help="model_cfg as inline JSON or a JSON file path")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--forward-dtype", choices=["float32", "bfloat16", "float64"], default=None)
   parser.add_argument("--loss-type", choices=list(LOSS_TYPES), default="stablemax_cross_entropy")
-  parser.add_argument("--checkpoint", default=None,
-                      help="use this pretrain.py checkpoint instead of a fresh init")
+  parser.add_argument("--checkpoint", default=None, help=checkpoint_help)
   parser.add_argument("--batches-from", default=None,
                       help="take the fixed and trajectory batches from this reference.npz")
-  parser.add_argument("--data-path", default="synthetic", help="data_path for all_config.yaml")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def run_cli(make: Callable[[], Any]) -> int:
+  """Calls `make`; a bad config or a missing file is one error line and exit 2."""
   try:
-    batches = batches_from_reference(args.batches_from) if args.batches_from else None
-    make_fixture(args.out_dir, args.config, seed=args.seed, loss_type=args.loss_type,
-                 forward_dtype=args.forward_dtype, checkpoint=args.checkpoint, batches=batches,
-                 data_path=args.data_path)
+    make()
   except (ValueError, FileNotFoundError) as e:
     print(f"make_fixture: error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = fixture_parser("python -m tools.make_fixture", __doc__.split("\n\n")[0],
+                          "use this pretrain.py checkpoint instead of a fresh init")
+  parser.add_argument("--data-path", default="synthetic", help="data_path for all_config.yaml")
+  args = parser.parse_args(argv)
+  batches = lambda: batches_from_reference(args.batches_from) if args.batches_from else None
+  return run_cli(lambda: make_fixture(args.out_dir, args.config, seed=args.seed, loss_type=args.loss_type,
+                                      forward_dtype=args.forward_dtype, checkpoint=args.checkpoint,
+                                      batches=batches(), data_path=args.data_path))
 
 
 if __name__ == "__main__":

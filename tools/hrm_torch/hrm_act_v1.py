@@ -27,6 +27,8 @@ _FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 class HierarchicalReasoningModel_ACTV1Config:  # pylint: disable=invalid-name
   """The original's pydantic config as a validated dataclass; unknown keys are ignored, as there."""
 
+  _NAME = "HRM"  # in error messages (a class attribute, not a field)
+
   batch_size: int
   seq_len: int
   num_puzzle_identifiers: int
@@ -54,7 +56,7 @@ class HierarchicalReasoningModel_ACTV1Config:  # pylint: disable=invalid-name
         if f.default is dataclasses.MISSING and name not in config_dict
     ]
     if missing:
-      raise ValueError(f"HRM config is missing required field(s) {missing}; add them to the config")
+      raise ValueError(f"{cls._NAME} config is missing required field(s) {missing}; add them to the config")
     kwargs = {}
     for name, f in fields.items():
       if name not in config_dict:
@@ -63,9 +65,9 @@ class HierarchicalReasoningModel_ACTV1Config:  # pylint: disable=invalid-name
       try:
         kwargs[name] = f.type(value) if f.type in (int, float, str) else value
       except (TypeError, ValueError) as e:
-        raise ValueError(f"HRM config field {name!r}={value!r} is not a valid {f.type}") from e
+        raise ValueError(f"{cls._NAME} config field {name!r}={value!r} is not a valid {f.type}") from e
       if f.type is int and isinstance(value, float) and value != int(value):
-        raise ValueError(f"HRM config field {name!r}={value!r} must be an integer")
+        raise ValueError(f"{cls._NAME} config field {name!r}={value!r} must be an integer")
     config = cls(**kwargs)
     config.validate()
     return config

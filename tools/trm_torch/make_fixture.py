@@ -17,7 +17,6 @@ Usage (from the repo root):
       --checkpoint $F/checkpoint_dir/step_0 --batches-from $F/reference.npz
 """
 
-import argparse
 import copy
 import json
 import os
@@ -228,26 +227,14 @@ def make_fixture(out_dir, model_cfg, seed: int = 0, loss_type: str = "stablemax_
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m tools.trm_torch.make_fixture",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("out_dir", help="fixture directory to write")
-  parser.add_argument("--config", required=True, help="model_cfg as inline JSON or a JSON file path")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--forward-dtype", choices=["float32", "bfloat16", "float64"], default=None)
-  parser.add_argument("--loss-type", choices=list(hrm_fixture.LOSS_TYPES), default="stablemax_cross_entropy")
-  parser.add_argument("--checkpoint", default=None, help="use this step_N checkpoint instead of a fresh init")
-  parser.add_argument("--batches-from", default=None, help="take the batches from this reference.npz")
+  parser = hrm_fixture.fixture_parser("python -m tools.trm_torch.make_fixture", __doc__.split("\n\n")[0],
+                                      "use this step_N checkpoint instead of a fresh init")
   parser.add_argument("--ema-rate", type=float, default=EMA_RATE)
   args = parser.parse_args(argv)
-  try:
-    batches = hrm_fixture.batches_from_reference(args.batches_from) if args.batches_from else None
-    make_fixture(args.out_dir, args.config, seed=args.seed, loss_type=args.loss_type,
-                 forward_dtype=args.forward_dtype, checkpoint=args.checkpoint, batches=batches,
-                 ema_rate=args.ema_rate)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"make_fixture: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  batches = lambda: hrm_fixture.batches_from_reference(args.batches_from) if args.batches_from else None
+  return hrm_fixture.run_cli(lambda: make_fixture(
+      args.out_dir, args.config, seed=args.seed, loss_type=args.loss_type, forward_dtype=args.forward_dtype,
+      checkpoint=args.checkpoint, batches=batches(), ema_rate=args.ema_rate))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tools.hrm_torch.hrm_act_v1 import (
-    HierarchicalReasoningModel_ACTV1, HierarchicalReasoningModel_ACTV1_Inner,
+    HierarchicalReasoningModel_ACTV1, HierarchicalReasoningModel_ACTV1_Inner, HierarchicalReasoningModel_ACTV1Config,
     HierarchicalReasoningModel_ACTV1Carry, HierarchicalReasoningModel_ACTV1InnerCarry,
     HierarchicalReasoningModel_ACTV1ReasoningModule,
 )
@@ -33,42 +33,22 @@ TinyRecursiveReasoningModel_ACTV1Carry = HierarchicalReasoningModel_ACTV1Carry  
 
 
 @dataclasses.dataclass(frozen=True)
-class TinyRecursiveReasoningModel_ACTV1Config:  # pylint: disable=invalid-name
-  """The original's pydantic config as a dataclass; unknown keys (e.g. `causal`) are ignored, as there."""
+class TinyRecursiveReasoningModel_ACTV1Config(HierarchicalReasoningModel_ACTV1Config):  # pylint: disable=invalid-name
+  """The original's pydantic config: HRM's fields (`H_layers` ignored: there is no H network) and TRM's own.
 
-  batch_size: int
-  seq_len: int
-  num_puzzle_identifiers: int
-  vocab_size: int
-  H_cycles: int  # pylint: disable=invalid-name
-  L_cycles: int  # pylint: disable=invalid-name
-  H_layers: int  # pylint: disable=invalid-name  (ignored: there is no H network)
-  L_layers: int  # pylint: disable=invalid-name
-  hidden_size: int
-  expansion: float
-  num_heads: int
-  pos_encodings: str  # "rope", "learned", anything else: none
-  halt_max_steps: int
-  halt_exploration_prob: float
-  puzzle_emb_ndim: int = 0
-  rms_norm_eps: float = 1e-5
-  rope_theta: float = 10000.0
-  forward_dtype: str = "bfloat16"
+  Unknown keys (e.g. `causal`) are ignored, as there. Checked as loosely as the original: any
+  `pos_encodings` other than "rope"/"learned" means none, and no divisibility is asked of `mlp_t` models.
+  """
+
+  _NAME = "TRM"
+
   mlp_t: bool = False
   puzzle_emb_len: int = 16
   no_ACT_continue: bool = True  # pylint: disable=invalid-name
 
-  @classmethod
-  def from_dict(cls, config_dict: Mapping[str, Any]) -> "TinyRecursiveReasoningModel_ACTV1Config":
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    missing = [name for name, f in fields.items()
-               if f.default is dataclasses.MISSING and name not in config_dict]
-    if missing:
-      raise ValueError(f"TRM config is missing required field(s) {missing}; add them to the config")
-    config = cls(**{k: v for k, v in config_dict.items() if k in fields})
-    if config.forward_dtype not in _FLOAT_DTYPES:
-      raise ValueError(f"forward_dtype {config.forward_dtype!r} unsupported; use one of {sorted(_FLOAT_DTYPES)}")
-    return config
+  def validate(self) -> None:
+    if self.forward_dtype not in _FLOAT_DTYPES:
+      raise ValueError(f"forward_dtype {self.forward_dtype!r} unsupported; use one of {sorted(_FLOAT_DTYPES)}")
 
   @property
   def torch_dtype(self) -> torch.dtype:
