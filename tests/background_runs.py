@@ -38,17 +38,18 @@ class Result:
 
 
 class Run:
-  """One `python <args>` process in the checkout, output to `<log_dir>/<name>.{out,err}`."""
+  """One `[prefix...] python <args>` process in the checkout, output to `<log_dir>/<name>.{out,err}`."""
 
   def __init__(self, name: str, args: list[str], log_dir: pathlib.Path, env: dict[str, str],
-               timeout_s: float):
+               timeout_s: float, prefix: tuple[str, ...] = ()):
     self.name = name
     log_dir.mkdir(parents=True, exist_ok=True)
     self._out, self._err = log_dir / f"{name}.out", log_dir / f"{name}.err"
     self._deadline = time.monotonic() + timeout_s
     self.timeout_s = timeout_s
     with open(self._out, "w") as out, open(self._err, "w") as err:
-      self._proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
+      self._proc = subprocess.Popen([*prefix, sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=out,
+                                    stderr=err)
     self._result: Result | None = None
 
   def wait(self) -> Result:

@@ -13,6 +13,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Callable
 
 import pytest
@@ -40,6 +41,27 @@ class _Malicious:
 
 def _mount(*args: str) -> bool:
   return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+# Root bypasses file modes through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH; without them a 0o555 folder
+# refuses root's writes as it does any user's (util-linux's setpriv drops them for one command).
+_AS_ROOT_WITHOUT_DAC = ("setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                        "--bounding-set=-dac_override,-dac_read_search")
+
+
+def _modes_apply_to_root() -> bool:
+  if os.geteuid() != 0 or shutil.which("setpriv") is None:
+    return False
+  probe = pathlib.Path(tempfile.mkdtemp())
+  try:
+    probe.chmod(0o555)
+    return subprocess.run([*_AS_ROOT_WITHOUT_DAC, "touch", str(probe / "x")], capture_output=True).returncode != 0
+  finally:
+    probe.chmod(0o755)
+    shutil.rmtree(probe)
+
+
+_MODES_APPLY = _modes_apply_to_root()
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +127,15 @@ def results(tmp_path_factory, mounts, original_fixture_dir):
   if "full" in mounts:
     cases["full_disk"] = Case([*base, f"--workdir={mounts['full'] / 'run'}"], 1,
                               ["cannot write to the workdir", "disk is full"])
-  if os.geteuid() != 0:  # root ignores file modes
+  prefixes = {}
+  if os.geteuid() != 0 or _MODES_APPLY:
     (root / "locked").mkdir(mode=0o555)
     cases["chmod_read_only"] = Case([*base, f"--workdir={root / 'locked' / 'run'}"], 1, ["permission denied"])
+    if os.geteuid() == 0:  # root ignores file modes unless it drops the capabilities that let it
+      prefixes["chmod_read_only"] = _AS_ROOT_WITHOUT_DAC
   started = {name: background_runs.Run(name, ["-m", "hrm_jax.main", *case.args], root / "logs",
-                                       background_runs.cpu_env(), 240) for name, case in cases.items()}
+                                       background_runs.cpu_env(), 240, prefix=prefixes.get(name, ()))
+             for name, case in cases.items()}
   yield root, mounts, {name: (case, run.wait(), run) for name, case, run in
                        ((n, cases[n], r) for n, r in started.items())}
 
@@ -136,7 +162,7 @@ def test_user_error_is_one_line_with_the_fix(results, name):
   root, _, by_name = results
   if name not in by_name:
     pytest.skip("needs mount rights (root in a container)" if name in ("read_only_mount", "full_disk")
-                else "root ignores file modes")
+                else "root ignores file modes (no setpriv to drop CAP_DAC_OVERRIDE)")
   case, result, run = by_name[name]
   assert result.returncode == case.code, run.describe()
   assert "Traceback" not in result.stderr + result.stdout, run.describe()
