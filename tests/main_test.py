@@ -219,4 +219,4 @@ def test_arc_smoke_finishes_and_prints_a_line_at_least_every_10_s(tmp_path, task
   gaps = [b - a for a, b in zip(stamps, stamps[1:])]
   print(f"{task} smoke: {stamps[-1] - started:.0f} s wall, longest quiet stretch {max(gaps):.1f} s")
   assert max(gaps) <= 10.0, [(round(g, 1), l) for g, l in zip(gaps, lines) if g > 10]
-  assert lines[-1] == "Finished 10 steps."
+  assert lines[-1].startswith("Finished 10 steps. Last evaluation (step 10): "), lines[-1]
