@@ -163,17 +163,17 @@ def _to_torch(batch: Batch) -> Dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 
 
-def init_loss_head(model_cfg: Mapping[str, Any], seed: int, loss_type: str) -> ACTLossHead:
-  """Fresh init under `seed`, then the fixture's deviation so that halting is non-trivial.
-
-  q_head.weight = 0.1·N(0,1), q_head.bias = [0.3, -0.2], puzzle_emb.weights = 0.5·N(0,1).
+def init_loss_head(model_cfg: Mapping[str, Any], seed: int, loss_type: str, q_bias: Sequence[float] = (0.3, -0.2),
+                   build: Callable[[Mapping[str, Any], str], Any] = build_loss_head) -> Any:
+  """Fresh init under `seed` (`build`: HRM's loss head, or TRM's), then the fixture's deviation so that halting
+  is non-trivial: q_head.weight = 0.1·N(0,1), q_head.bias = `q_bias`, puzzle_emb.weights = 0.5·N(0,1).
   """
   torch.manual_seed(seed)
-  head = build_loss_head(model_cfg, loss_type)
+  head = build(model_cfg, loss_type)
   inner = head.model.inner
   with torch.no_grad():
     inner.q_head.weight.copy_(0.1 * torch.randn_like(inner.q_head.weight))
-    inner.q_head.bias.copy_(torch.tensor([0.3, -0.2]))
+    inner.q_head.bias.copy_(torch.tensor(list(q_bias)))
     if hasattr(inner, "puzzle_emb"):
       inner.puzzle_emb.weights.copy_(0.5 * torch.randn_like(inner.puzzle_emb.weights))
   return head

@@ -54,17 +54,8 @@ def _read_config(config) -> Dict[str, Any]:
 
 
 def init_loss_head(model_cfg: Mapping[str, Any], seed: int, loss_type: str) -> ACTLossHead:
-  """Fresh init under `seed`, then the original fixture's deviation so that halting is non-trivial:
-  q_head.weight = 0.1·N(0,1), q_head.bias = [0.0, -0.2], puzzle_emb.weights = 0.5·N(0,1)."""
-  torch.manual_seed(seed)
-  head = build_loss_head(model_cfg, loss_type)
-  inner = head.model.inner
-  with torch.no_grad():
-    inner.q_head.weight.copy_(0.1 * torch.randn_like(inner.q_head.weight))
-    inner.q_head.bias.copy_(torch.tensor([0.0, -0.2]))
-    if hasattr(inner, "puzzle_emb"):
-      inner.puzzle_emb.weights.copy_(0.5 * torch.randn_like(inner.puzzle_emb.weights))
-  return head
+  """HRM's fixture init with TRM's loss head and the original TRM fixture's q_head.bias [0.0, -0.2]."""
+  return hrm_fixture.init_loss_head(model_cfg, seed, loss_type, q_bias=(0.0, -0.2), build=build_loss_head)
 
 
 def _trace(head: ACTLossHead, batch) -> np.ndarray:
