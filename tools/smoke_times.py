@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Optional, Sequence
 
@@ -65,16 +66,19 @@ def time_config(entry: str, root: pathlib.Path, timeout_s: float) -> dict[str, A
                           text=True)
   stamps, lines = [started], []
   assert proc.stdout is not None
-  for line in proc.stdout:
-    stamps.append(time.monotonic())
-    lines.append(line.rstrip())
-    if stamps[-1] - started > timeout_s:
-      proc.kill()
-      break
-  returncode = proc.wait()
+  killer = threading.Timer(timeout_s, proc.kill)  # also when the run hangs without printing
+  killer.start()
+  try:
+    for line in proc.stdout:
+      stamps.append(time.monotonic())
+      lines.append(line.rstrip())
+    returncode = proc.wait()
+    ended = time.monotonic()
+  finally:
+    killer.cancel()
   gaps = [b - a for a, b in zip(stamps, stamps[1:])]
   return {"config": f"configs/{name}.py:{variant}", "returncode": returncode,
-          "wall_s": round(stamps[-1] - started, 1), "longest_quiet_s": round(max(gaps, default=0.0), 1),
+          "wall_s": round(ended - started, 1), "longest_quiet_s": round(max(gaps, default=0.0), 1),
           "data_wait_fraction": median_data_wait(workdir), "load_before": round(load_before, 2),
           "load_after": round(os.getloadavg()[0], 2), "last_line": lines[-1] if lines else "",
           "command": " ".join(cmd[1:])}
